@@ -1,0 +1,1 @@
+//! The admin server: `/metrics`, `/healthz`, `/readyz`, never on the data port.

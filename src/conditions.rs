@@ -1,0 +1,1 @@
+//! A2I HumanLoopActivationConditions: parsing and evaluation on a response.

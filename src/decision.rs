@@ -1,0 +1,1 @@
+//! The review decision: conditions, sampling, budget and the per-request override.

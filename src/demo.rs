@@ -1,0 +1,1 @@
+//! `reviewloop demo`: the whole loop in one process.

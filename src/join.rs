@@ -1,0 +1,1 @@
+//! The review joiner: answers from the completed topic joined into retraining records.

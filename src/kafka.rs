@@ -1,0 +1,139 @@
+//! Kafka plumbing shared by the proxy's review sink and the joiner: client configuration,
+//! the embedded broker (`kafka.brokers = "embedded"`), and CloudEvents record headers.
+
+use std::sync::mpsc;
+use std::thread;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::config::KafkaConfig;
+
+/// `ce_source` of every record reviewloop writes.
+pub const CE_SOURCE: &str = "reviewloop";
+pub const CE_REVIEW_REQUESTED: &str = "reviewloop.review.requested";
+pub const CE_REVIEW_COMPLETED: &str = "reviewloop.review.completed";
+pub const CE_RETRAINING_EXAMPLE: &str = "reviewloop.retraining.example";
+pub const CE_DEAD_LETTER: &str = "reviewloop.dead-letter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot start the embedded broker: {0}")]
+    Embedded(String),
+    #[error(transparent)]
+    Client(#[from] rdkafka::error::KafkaError),
+}
+
+/// A client configuration for `bootstrap` with `kafka.options` applied last, so an operator's
+/// option always wins over reviewloop's defaults.
+pub fn client_config(
+    config: &KafkaConfig,
+    bootstrap: &str,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", bootstrap);
+    for (key, value) in defaults {
+        client.set(*key, *value);
+    }
+    for (key, value) in &config.options {
+        client.set(key, value);
+    }
+    client
+}
+
+/// The CloudEvents Kafka binding headers (binary mode) for one record.
+pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
+    let ce_id = uuid::Uuid::now_v7().to_string();
+    OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: "ce_specversion",
+            value: Some("1.0"),
+        })
+        .insert(Header {
+            key: "ce_id",
+            value: Some(ce_id.as_str()),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some(ce_type),
+        })
+        .insert(Header {
+            key: "ce_source",
+            value: Some(CE_SOURCE),
+        })
+        .insert(Header {
+            key: "ce_time",
+            value: Some(time),
+        })
+        .insert(Header {
+            key: "ce_subject",
+            value: Some(id),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        })
+}
+
+/// An in-process broker (librdkafka's mock cluster) for trying reviewloop without Kafka.
+///
+/// The mock cluster is not `Send`, so it lives on a thread of its own until this handle drops.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster with `topics` created, each with `partitions` partitions.
+    pub fn start(topics: &[&str], partitions: i32) -> Result<EmbeddedBroker, KafkaError> {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match rdkafka::mocking::MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                for topic in &topics {
+                    if let Err(e) = cluster.create_topic(topic, partitions, 1) {
+                        let _ = ready_tx.send(Err(format!("topic {topic}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Serve until the handle drops (or its sender is gone).
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .map_err(|e| KafkaError::Embedded(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| KafkaError::Embedded("the broker thread exited".into()))?
+            .map_err(KafkaError::Embedded)?;
+        Ok(EmbeddedBroker {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

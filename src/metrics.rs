@@ -1,0 +1,248 @@
+//! Prometheus metrics: one `Metrics` struct on its own registry, shared as `Arc<Metrics>`.
+//!
+//! Names and labels are the contract in DESIGN.md; every label is bounded (route labels come
+//! from [`crate::route`], reasons and outcomes from fixed enums).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "reviewloop";
+
+pub struct Metrics {
+    registry: Registry,
+    /// `route`, `code` (2xx/4xx/5xx).
+    pub requests_total: IntCounterVec,
+    /// `route`.
+    pub upstream_duration_seconds: HistogramVec,
+    /// Requests being served right now.
+    pub requests_in_flight: IntGauge,
+    /// `error_type`: the proxy's own error answers (upstream_unreachable, timeout, overloaded…).
+    pub proxy_errors_total: IntCounterVec,
+    /// `route`; buckets in 0.05 steps.
+    pub confidence: HistogramVec,
+    /// `route`, `reason` (low_confidence/sampled/forced).
+    pub reviews_diverted_total: IntCounterVec,
+    /// `reason` (over_budget/no_confidence/too_large/queue_full/kafka_error).
+    pub reviews_skipped_total: IntCounterVec,
+    /// `topic`, `outcome` (delivered/failed).
+    pub kafka_messages_total: IntCounterVec,
+    /// `outcome` (accepted/duplicate/invalid/orphan).
+    pub join_answers_total: IntCounterVec,
+    pub reviews_pending: IntGauge,
+    pub retraining_records_total: IntCounter,
+    /// `reason` (invalid/orphan/expired/no_agreement).
+    pub dead_letters_total: IntCounterVec,
+    /// Diverted → retraining record.
+    pub review_turnaround_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let hist = |name: &str, help: &str| HistogramOpts::new(name, help).namespace(NAMESPACE);
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let requests_total = counter_vec(
+            "requests_total",
+            "Requests answered by the proxy, by route and status class.",
+            &["route", "code"],
+        );
+        let proxy_errors_total = counter_vec(
+            "proxy_errors_total",
+            "Error answers the proxy made itself instead of the upstream's.",
+            &["error_type"],
+        );
+        let reviews_diverted_total = counter_vec(
+            "reviews_diverted_total",
+            "Responses sent to review, by route and reason (a record with two reasons counts in both).",
+            &["route", "reason"],
+        );
+        let reviews_skipped_total = counter_vec(
+            "reviews_skipped_total",
+            "Responses not sent to review although they could have been, by reason.",
+            &["reason"],
+        );
+        let kafka_messages_total = counter_vec(
+            "kafka_messages_total",
+            "Kafka delivery reports, by topic and outcome.",
+            &["topic", "outcome"],
+        );
+        let join_answers_total = counter_vec(
+            "join_answers_total",
+            "Reviewer answers read by the joiner, by outcome.",
+            &["outcome"],
+        );
+        let dead_letters_total = counter_vec(
+            "dead_letters_total",
+            "Records written to the dead-letter topic, by reason.",
+            &["reason"],
+        );
+        let upstream_duration_seconds = HistogramVec::new(
+            hist(
+                "upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response head.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let confidence = HistogramVec::new(
+            hist("confidence", "Confidence read from responses (0..1).")
+                .buckets(prometheus::linear_buckets(0.05, 0.05, 20).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        let review_turnaround_seconds = Histogram::with_opts(
+            hist(
+                "review_turnaround_seconds",
+                "Time from a response being diverted to its retraining record.",
+            )
+            .buckets(vec![
+                1.0,
+                10.0,
+                60.0,
+                300.0,
+                900.0,
+                3600.0,
+                4.0 * 3600.0,
+                12.0 * 3600.0,
+                86400.0,
+                3.0 * 86400.0,
+                10.0 * 86400.0,
+            ]),
+        )
+        .expect("valid metric");
+        let requests_in_flight = IntGauge::with_opts(opts(
+            "requests_in_flight",
+            "Requests being served by the proxy right now.",
+        ))
+        .expect("valid metric");
+        let reviews_pending = IntGauge::with_opts(opts(
+            "reviews_pending",
+            "Reviews the joiner holds that have not reached their answers yet.",
+        ))
+        .expect("valid metric");
+        let retraining_records_total = IntCounter::with_opts(opts(
+            "retraining_records_total",
+            "Retraining records written by the joiner.",
+        ))
+        .expect("valid metric");
+        for collector in [
+            Box::new(upstream_duration_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(confidence.clone()),
+            Box::new(review_turnaround_seconds.clone()),
+            Box::new(requests_in_flight.clone()),
+            Box::new(reviews_pending.clone()),
+            Box::new(retraining_records_total.clone()),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
+        Metrics {
+            registry,
+            requests_total,
+            upstream_duration_seconds,
+            requests_in_flight,
+            proxy_errors_total,
+            confidence,
+            reviews_diverted_total,
+            reviews_skipped_total,
+            kafka_messages_total,
+            join_answers_total,
+            reviews_pending,
+            retraining_records_total,
+            dead_letters_total,
+            review_turnaround_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text encoding is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The `code` label of `reviewloop_requests_total`: the status class.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exposed_once_used() {
+        let m = Metrics::new();
+        m.requests_total
+            .with_label_values(&["/invocations", "2xx"])
+            .inc();
+        m.upstream_duration_seconds
+            .with_label_values(&["/invocations"])
+            .observe(0.01);
+        m.confidence
+            .with_label_values(&["/invocations"])
+            .observe(0.42);
+        m.reviews_diverted_total
+            .with_label_values(&["/invocations", "low_confidence"])
+            .inc();
+        m.reviews_skipped_total
+            .with_label_values(&["over_budget"])
+            .inc();
+        m.kafka_messages_total
+            .with_label_values(&["reviewloop.review", "delivered"])
+            .inc();
+        m.join_answers_total.with_label_values(&["accepted"]).inc();
+        m.dead_letters_total.with_label_values(&["orphan"]).inc();
+        m.review_turnaround_seconds.observe(5.0);
+        let text = m.render();
+        for name in [
+            "reviewloop_requests_total{code=\"2xx\",route=\"/invocations\"} 1",
+            "reviewloop_upstream_duration_seconds_bucket",
+            "reviewloop_confidence_bucket{route=\"/invocations\",le=\"0.45\"} 1",
+            "reviewloop_reviews_diverted_total",
+            "reviewloop_reviews_skipped_total{reason=\"over_budget\"} 1",
+            "reviewloop_kafka_messages_total",
+            "reviewloop_join_answers_total",
+            "reviewloop_reviews_pending 0",
+            "reviewloop_retraining_records_total 0",
+            "reviewloop_dead_letters_total",
+            "reviewloop_review_turnaround_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(504), "5xx");
+    }
+}

@@ -1,0 +1,182 @@
+//! Calling the model: an HTTP model server (pooled keep-alive connections) or a SageMaker
+//! endpoint. Both take and give plain `http` requests and responses, so the proxy's capture,
+//! decision and Kafka path is the same code whatever the upstream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{UpstreamConfig, UpstreamKind};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type on both sides of the proxy.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body from bytes already in memory.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why the upstream gave no usable answer; the proxy turns this into the client's status.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused, DNS failure, reset before a response: nothing reached the model.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(#[source] BoxError),
+    /// No response head within `upstream.timeout`.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream answered something that is not a usable HTTP response.
+    #[error("upstream failed: {0}")]
+    Failed(#[source] BoxError),
+    /// The upstream refused in a way the client can act on (SageMaker's error classes).
+    #[error("{message}")]
+    Rejected {
+        status: StatusCode,
+        error_type: &'static str,
+        message: String,
+        /// The model container's own status, for SageMaker's ModelError.
+        original_status: Option<u16>,
+    },
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Unreachable(_) | UpstreamError::Failed(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Rejected { status, .. } => *status,
+        }
+    }
+
+    /// The bounded `error_type` label and the `error` field clients see.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "upstream_unreachable",
+            UpstreamError::Timeout => "upstream_timeout",
+            UpstreamError::Failed(_) => "upstream_failed",
+            UpstreamError::Rejected { error_type, .. } => error_type,
+        }
+    }
+
+    /// What the client may read: no internal addresses or stack of causes.
+    pub fn client_message(&self) -> String {
+        match self {
+            UpstreamError::Unreachable(_) => "the model server could not be reached".into(),
+            UpstreamError::Timeout => "the model server did not answer in time".into(),
+            UpstreamError::Failed(_) => "the model server sent an invalid response".into(),
+            UpstreamError::Rejected { message, .. } => message.clone(),
+        }
+    }
+
+    pub fn original_status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Rejected {
+                original_status, ..
+            } => *original_status,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream: {0}")]
+pub struct UpstreamInitError(pub String);
+
+/// The model behind the proxy.
+pub enum Upstream {
+    Http(HttpUpstream),
+}
+
+impl Upstream {
+    pub async fn from_config(config: &UpstreamConfig) -> Result<Upstream, UpstreamInitError> {
+        match config.kind {
+            UpstreamKind::Http => Ok(Upstream::Http(HttpUpstream::new(
+                &config.url,
+                config.timeout,
+            )?)),
+            UpstreamKind::Sagemaker => Err(UpstreamInitError(
+                "kind = \"sagemaker\" is not supported by this build yet".into(),
+            )),
+        }
+    }
+
+    /// Sends one request; the response head is back when this resolves, the body streams.
+    pub async fn call(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        match self {
+            Upstream::Http(http) => http.call(request).await,
+        }
+    }
+}
+
+/// An HTTP/1.1 model server reached through a keep-alive connection pool.
+pub struct HttpUpstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+}
+
+impl HttpUpstream {
+    pub fn new(url: &str, connect_timeout: Duration) -> Result<HttpUpstream, UpstreamInitError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| UpstreamInitError(format!("url {url:?}: {e}")))?;
+        let parts = uri.into_parts();
+        let authority = parts
+            .authority
+            .ok_or_else(|| UpstreamInitError(format!("url {url:?} has no host")))?;
+        let base_path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            // Model servers commonly close idle connections after 60–75 s; stay under that.
+            .pool_idle_timeout(Duration::from_secs(55))
+            .build(connector);
+        Ok(HttpUpstream {
+            client,
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream URI for a client request target: base path + the client's path and query.
+    fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
+        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let joined = format!("{}{}", self.base_path, path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(joined)
+            .build()
+            .map_err(|e| UpstreamError::Failed(Box::new(e)))
+    }
+
+    async fn call(&self, mut request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        *request.uri_mut() = self.target(request.uri())?;
+        // The upstream connection is HTTP/1.1 whatever the client spoke; hyper writes `Host`
+        // from the URI's authority.
+        *request.version_mut() = http::Version::HTTP_11;
+        request.headers_mut().remove(http::header::HOST);
+        match self.client.request(request).await {
+            Ok(response) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
+            Err(e) if e.is_connect() => Err(UpstreamError::Unreachable(Box::new(e))),
+            Err(e) => Err(UpstreamError::Failed(Box::new(e))),
+        }
+    }
+}
