@@ -271,7 +271,7 @@ impl Context<'_> {
                 let matched: Vec<&str> = form
                     .pairs
                     .iter()
-                    .filter(|pair| keys.is_empty() || keys.contains(&pair.key))
+                    .filter(|pair| keys.is_empty() || keys.iter().any(|k| same_key(k, &pair.key)))
                     .filter(|pair| {
                         key_value.is_empty()
                             || pair
@@ -305,7 +305,10 @@ impl Context<'_> {
             Check::MissingFormKey { keys } => {
                 // Only a Textract document can be missing a form key.
                 let form = self.form()?;
-                let present = form.pairs.iter().any(|p| keys.contains(&p.key));
+                let present = form
+                    .pairs
+                    .iter()
+                    .any(|p| keys.iter().any(|k| same_key(k, &p.key)));
                 (!present).then(|| {
                     (
                         Reason::LowConfidence,
@@ -321,6 +324,15 @@ impl Context<'_> {
             .get_or_init(|| self.facts.response.and_then(Form::read))
             .as_ref()
     }
+}
+
+/// Form keys match exactly (case included), except for surrounding blanks and a trailing colon:
+/// Textract reads a printed `Name:` with its colon, and A2I's examples name it `Name`.
+fn same_key(wanted: &str, found: &str) -> bool {
+    fn normal(k: &str) -> &str {
+        k.trim().trim_end_matches(':').trim_end()
+    }
+    normal(wanted) == normal(found)
 }
 
 /// The key-value pairs of a Textract `AnalyzeDocument` response (FORMS).

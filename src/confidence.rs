@@ -10,7 +10,7 @@
 mod jmes;
 mod presets;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use serde_json::Value;
 

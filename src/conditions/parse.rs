@@ -57,6 +57,17 @@ impl Parser {
                 inner => self.document(inner, &path),
             };
         }
+        if !object.contains_key("Conditions")
+            && ["ConditionType", "And", "Or"]
+                .iter()
+                .any(|k| object.contains_key(*k))
+        {
+            self.problem(
+                path,
+                "is a single condition; wrap it as {\"Conditions\": [ … ]}",
+            );
+            return Vec::new();
+        }
         self.unknown_keys(object, path, &["Conditions"]);
         let conditions_path = format!("{path}.Conditions");
         match object.get("Conditions") {
