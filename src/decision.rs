@@ -159,10 +159,14 @@ impl Decider {
                     ));
                 }
                 if point < *sample_percent {
+                    let by = match route.sample_by {
+                        SampleBy::Id => "id",
+                        SampleBy::Input => "input",
+                    };
                     decision.reasons.push(Reason::Sampled);
                     decision
                         .conditions
-                        .push(format!("sampled: sample_percent {sample_percent}"));
+                        .push(format!("sampled: sample_percent {sample_percent} by {by}"));
                 }
             }
             Rule::File { conditions, .. } => {
