@@ -248,6 +248,8 @@ fn detect_object(o: &serde_json::Map<String, Value>) -> Option<Preset> {
         })
     } else if has("prediction") {
         Some(Preset::Sagemaker)
+    } else if has("predicted_label") || has("probabilities") || has("probability") {
+        Some(Preset::Sagemaker)
     } else if has("outputs") || has("result") {
         Some(Preset::Tfserving)
     } else if (has("labels") && has("scores"))

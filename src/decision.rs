@@ -68,7 +68,9 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// Every condition that fired, human readable (for the review record and reviewers).
     pub conditions: Vec<String>,
-    /// The audit sampling percentage that applies to this record.
+    /// The audit sampling percentage that applies to this record: `sample_percent`, or with a
+    /// conditions file the `RandomSamplingPercentage` of the `Sampling` that fired (else the
+    /// file's largest; 0 when it samples nothing). Lets a consumer weight sampled records.
     pub sample_percent: f64,
     /// Reasons fired but the review budget refused the record.
     pub over_budget: bool,

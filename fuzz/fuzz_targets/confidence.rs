@@ -28,11 +28,11 @@ const CONTENT_TYPES: [Option<&str>; 5] = [
     Some("application/jsonlines"),
 ];
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else {
-        return;
-    };
-    let content_type = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
+fuzz_target!(|body: &[u8]| {
+    // The whole input is the body (so response fixtures seed the corpus as they are); its length
+    // picks the content type and the JMESPath scale and aggregate.
+    let selector = body.len();
+    let content_type = CONTENT_TYPES[selector % CONTENT_TYPES.len()];
     let mut extractors: Vec<Extractor> = PRESETS.iter().map(|p| Extractor::preset(*p)).collect();
     let aggregate = [
         Aggregate::Min,
@@ -40,8 +40,8 @@ fuzz_target!(|data: &[u8]| {
         Aggregate::Mean,
         Aggregate::Margin,
         Aggregate::Entropy,
-    ][usize::from(selector >> 3) % 5];
-    let scale = [Scale::Unit, Scale::Percent, Scale::Logprob][usize::from(selector >> 6) % 3];
+    ][selector / 5 % 5];
+    let scale = [Scale::Unit, Scale::Percent, Scale::Logprob][selector / 25 % 3];
     for expression in ["predictions[*].score", "@", "outputs[*].data"] {
         extractors.push(
             Extractor::new(&ConfidenceConfig {

@@ -189,7 +189,8 @@ fn sagemaker(doc: &Document<'_>) -> Option<f64> {
                 // Image classification: one probability per class.
                 probability_row(probabilities)
             } else {
-                None
+                // One JSON Lines record on its own: `{"score": 0.4, "predicted_label": 0}`.
+                prediction_object(o)
             }
         }
         Document::Json(Value::Array(items)) if items.iter().all(|i| i.get("prob").is_some()) => {

@@ -285,6 +285,15 @@ fn a_batch_is_as_confident_as_its_weakest_instance() {
 }
 
 #[test]
+fn a_single_json_lines_record_is_one_prediction() {
+    let body = b"{\"score\": 0.4, \"predicted_label\": 0}\n";
+    for preset in [Preset::Sagemaker, Preset::Auto] {
+        let got = Extractor::preset(preset).extract(Some("application/jsonlines"), body);
+        assert_eq!(got, Some(0.6), "{preset:?}");
+    }
+}
+
+#[test]
 fn unreadable_bodies_have_no_confidence() {
     let extractor = Extractor::preset(Preset::Auto);
     for body in [
