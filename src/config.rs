@@ -650,14 +650,26 @@ fn check_decision(
             "not a valid HTTP header name",
         );
     }
-    if let Some(path) = &review.conditions_file
-        && !path.is_file()
-    {
-        bad(
-            "review.conditions_file",
-            quoted(&path.display().to_string()),
-            "no such file",
-        );
+    if let Some(path) = &review.conditions_file {
+        let shown = quoted(&path.display().to_string());
+        match std::fs::read(path) {
+            Err(_) if !path.is_file() => bad("review.conditions_file", shown, "no such file"),
+            Err(e) => bad(
+                "review.conditions_file",
+                shown,
+                &format!("cannot read: {e}"),
+            ),
+            // Each problem of the file, by its JSON path (`$.Conditions[1].And[0]: …`).
+            Ok(text) => {
+                for problem in crate::conditions::parse(&text).err().unwrap_or_default() {
+                    bad(
+                        "review.conditions_file",
+                        shown.clone(),
+                        &problem.to_string(),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -1082,6 +1094,33 @@ mod tests {
         );
         let err = load("[confidence]\npreset = \"jmespath\"\nexpression = \"a[\"\n").unwrap_err();
         assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
+    }
+
+    #[test]
+    fn a_conditions_file_is_checked_with_the_json_path_of_each_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conditions.json");
+        std::fs::write(
+            &file,
+            r#"{"Conditions": [{"ConditionType": "Sampling", "ConditionParameters": {"RandomSamplingPercentage": 0}}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[review]\nconditions_file = {:?}\n",
+            file.display().to_string()
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(problem_keys(err), ["review.conditions_file"]);
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("$.Conditions[0].ConditionParameters.RandomSamplingPercentage"),
+            "{err}"
+        );
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/conditions.example.json"
+        );
+        assert!(load(&format!("[review]\nconditions_file = {example:?}\n")).is_ok());
     }
 
     #[test]

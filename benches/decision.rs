@@ -1,0 +1,239 @@
+//! Extraction + decision on 1 KB and 100 KB responses of several shapes, against the cost of
+//! merely parsing the same bytes as JSON (the floor any reader of the response pays).
+//!
+//! `cargo bench --bench decision -- --quick` runs it briefly; a ratio table closes the run.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use reviewloop::config::Config;
+use reviewloop::decision::{Decider, DecisionInput};
+use reviewloop::route::DEFAULT_ROUTE;
+use serde_json::{Value, json};
+
+/// Per benchmark, the time per iteration of each criterion sample.
+static SAMPLES: Mutex<BTreeMap<(String, String), Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+fn record(case: &str, what: &str, per_iteration: Duration) {
+    SAMPLES
+        .lock()
+        .unwrap()
+        .entry((case.to_owned(), what.to_owned()))
+        .or_default()
+        .push(per_iteration.as_secs_f64());
+}
+
+/// A Hugging Face batch: every input with all labels' scores.
+fn huggingface(target: usize) -> Vec<u8> {
+    grow(target, |i| {
+        json!([
+            {"label": "POSITIVE", "score": 0.5 + (i % 50) as f64 / 101.0},
+            {"label": "NEGATIVE", "score": 0.5 - (i % 50) as f64 / 101.0}
+        ])
+    })
+}
+
+/// A KServe v2 answer: one `[N, 10]` probability tensor beside a label tensor.
+fn kserve_v2(target: usize) -> Vec<u8> {
+    let mut rows = 1;
+    loop {
+        let data: Vec<f64> = (0..rows * 10)
+            .map(|i| if i % 10 == 0 { 0.91 } else { 0.01 })
+            .collect();
+        let labels: Vec<u64> = (0..rows).map(|r| r as u64 % 10).collect();
+        let body = json!({"model_name": "m", "id": "1", "outputs": [
+            {"name": "label", "shape": [rows], "datatype": "INT64", "data": labels},
+            {"name": "probabilities", "shape": [rows, 10], "datatype": "FP32", "data": data}
+        ]});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        if bytes.len() >= target {
+            return bytes;
+        }
+        rows = (rows * 2).max(rows + 1);
+    }
+}
+
+/// An OpenAI chat completion streamed as server-sent events, one token per chunk.
+fn openai_stream(target: usize) -> Vec<u8> {
+    let mut body = String::new();
+    let mut i = 0;
+    while body.len() < target {
+        let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"content": " tok"},
+            "logprobs": {"content": [{"token": " tok", "logprob": -0.01 * (i % 7) as f64,
+            "bytes": [32, 116, 111, 107], "top_logprobs": []}]}, "finish_reason": null}]});
+        body.push_str(&format!("data: {chunk}\n\n"));
+        i += 1;
+    }
+    body.push_str("data: [DONE]\n\n");
+    body.into_bytes()
+}
+
+/// A Rekognition moderation answer, decided by the A2I example conditions file.
+fn rekognition(target: usize) -> Vec<u8> {
+    let labels = grow_list(
+        target,
+        |i| json!({"Confidence": 50.0 + (i % 50) as f64, "Name": format!("Label {i}"), "ParentName": "Explicit Nudity"}),
+    );
+    serde_json::to_vec(&json!({"ModerationLabels": labels, "ModerationModelVersion": "7.0"}))
+        .unwrap()
+}
+
+fn grow_list(target: usize, item: impl Fn(usize) -> Value) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut size = 0;
+    while size < target {
+        let value = item(items.len());
+        size += value.to_string().len() + 1;
+        items.push(value);
+    }
+    items
+}
+
+fn grow(target: usize, item: impl Fn(usize) -> Value) -> Vec<u8> {
+    serde_json::to_vec(&Value::Array(grow_list(target, item))).unwrap()
+}
+
+/// The floor: parsing the body's JSON (each event's, for a stream) and nothing else.
+fn parse_only(body: &[u8]) -> usize {
+    if body.starts_with(b"data:") {
+        std::str::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .count()
+    } else {
+        usize::from(serde_json::from_slice::<Value>(body).is_ok())
+    }
+}
+
+fn decider(conditions: bool) -> Decider {
+    let toml = if conditions {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/conditions.example.json"
+        );
+        format!("[review]\nconditions_file = {path:?}\n")
+    } else {
+        "[review]\nconfidence_below = 0.7\nsample_percent = 1\nbudget_per_second = 0\n".to_owned()
+    };
+    Decider::new(&Config::from_toml_with_env(&toml, "bench.toml", Vec::new()).unwrap()).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    type Shape = fn(usize) -> Vec<u8>;
+    let cases: [(&str, Shape, Option<&str>, bool); 4] = [
+        ("huggingface", huggingface, Some("application/json"), false),
+        ("kserve-v2", kserve_v2, Some("application/json"), false),
+        (
+            "openai-sse",
+            openai_stream,
+            Some("text/event-stream"),
+            false,
+        ),
+        (
+            "rekognition+a2i",
+            rekognition,
+            Some("application/x-amz-json-1.1"),
+            true,
+        ),
+    ];
+    let plain = decider(false);
+    let with_conditions = decider(true);
+    for (name, shape, content_type, conditions) in cases {
+        let decider = if conditions { &with_conditions } else { &plain };
+        let mut group = c.benchmark_group(name);
+        for (size_name, size) in [("1KB", 1024), ("100KB", 100 * 1024)] {
+            let body = shape(size);
+            let case = format!("{name}/{size_name}");
+            let input = DecisionInput {
+                route: DEFAULT_ROUTE,
+                id: "0192a6c1-7a4e-7cc3-9e0f-53c7b5a4b1d2",
+                request_body: b"{}",
+                response_content_type: content_type,
+                response_body: &body,
+                force: None,
+            };
+            assert!(
+                decider.decide(&input, Instant::now()).confidence.is_some(),
+                "{case}: the benchmark must read a confidence"
+            );
+            group.throughput(Throughput::Bytes(body.len() as u64));
+            group.bench_with_input(
+                BenchmarkId::new("parse-json", size_name),
+                &body,
+                |b, body| {
+                    b.iter_custom(|iters| {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            black_box(parse_only(black_box(body)));
+                        }
+                        let elapsed = start.elapsed();
+                        record(&case, "parse", elapsed / iters.max(1) as u32);
+                        elapsed
+                    })
+                },
+            );
+            group.bench_with_input(BenchmarkId::new("decide", size_name), &input, |b, input| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(decider.decide(black_box(input), start));
+                    }
+                    let elapsed = start.elapsed();
+                    record(&case, "decide", elapsed / iters.max(1) as u32);
+                    elapsed
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn print_ratios() {
+    let mut samples = SAMPLES.lock().unwrap();
+    let cases: Vec<String> = samples
+        .keys()
+        .map(|(case, _)| case.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    println!("\nextraction + decision vs. parsing the same bytes (medians of criterion's samples)");
+    println!(
+        "{:<24} {:>12} {:>12} {:>8}",
+        "case", "parse-json", "decide", "ratio"
+    );
+    for case in cases {
+        let parse = samples
+            .get_mut(&(case.clone(), "parse".into()))
+            .map(|v| median(v));
+        let decide = samples
+            .get_mut(&(case.clone(), "decide".into()))
+            .map(|v| median(v));
+        if let (Some(parse), Some(decide)) = (parse, decide) {
+            println!(
+                "{:<24} {:>10.1}µs {:>10.1}µs {:>7.2}×",
+                case,
+                parse * 1e6,
+                decide * 1e6,
+                decide / parse
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    benches(&mut criterion);
+    criterion.final_summary();
+    print_ratios();
+}
