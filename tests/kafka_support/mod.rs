@@ -221,3 +221,88 @@ pub fn check_review_message(
     let ce_id = header(message, "ce_id").expect("ce_id");
     assert!(!ce_id.is_empty());
 }
+
+/// The real broker's address from `KAFKA_BOOTSTRAP`; panics saying how to get one.
+pub fn real_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!(
+            "this test needs a real Kafka broker: run `export $(scripts/kafka-broker start)` \
+             (or set KAFKA_BOOTSTRAP=host:port of any Kafka broker) and pass --ignored"
+        )
+    })
+}
+
+/// A topic name of its own for one test run, so runs never see each other's records.
+pub fn unique_topic(name: &str) -> String {
+    format!("test.{name}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// `scripts/kafka-broker`'s state directory (where its pid and port files are).
+pub fn broker_state_dir() -> std::path::PathBuf {
+    std::env::var_os("REVIEWLOOP_BROKER_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::env::temp_dir().join("reviewloop-broker"))
+}
+
+/// Held for a test's duration: shared by tests that only use the broker, exclusive for tests
+/// that stop it, so test processes running in parallel never see another test's outage.
+pub struct BrokerLock(std::fs::File);
+
+impl BrokerLock {
+    fn open() -> std::fs::File {
+        let dir = broker_state_dir();
+        std::fs::create_dir_all(&dir).expect("broker state dir");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("tests.lock"))
+            .expect("lock file")
+    }
+
+    pub fn shared() -> BrokerLock {
+        let file = Self::open();
+        file.lock_shared().expect("shared lock");
+        BrokerLock(file)
+    }
+
+    pub fn exclusive() -> BrokerLock {
+        let file = Self::open();
+        file.lock().expect("exclusive lock");
+        BrokerLock(file)
+    }
+}
+
+/// Runs `scripts/kafka-broker <command>` (with `KAFKA_BOOTSTRAP` unset, so `start` really
+/// starts) and returns its standard output.
+pub fn broker_script(command: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker");
+    let output = std::process::Command::new(script)
+        .arg(command)
+        .env_remove("KAFKA_BOOTSTRAP")
+        .output()
+        .expect("scripts/kafka-broker runs");
+    assert!(
+        output.status.success(),
+        "scripts/kafka-broker {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// Panics unless `bootstrap` is the broker `scripts/kafka-broker` started (a test that crashes
+/// and restarts the broker cannot do that to someone else's).
+pub fn assert_script_broker(bootstrap: &str) {
+    let status = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker"),
+    )
+    .arg("status")
+    .output()
+    .expect("scripts/kafka-broker runs");
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && shown.trim() == format!("KAFKA_BOOTSTRAP={bootstrap}"),
+        "this test kills and restarts the broker, so KAFKA_BOOTSTRAP must be the broker \
+         `scripts/kafka-broker start` started (status says {shown:?})"
+    );
+}
