@@ -1,20 +1,26 @@
 //! Wiring: builds the pieces from the config and runs `proxy`, `join`, `run` and `demo`.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::admin;
-use crate::config::Config;
-use crate::exchange::{ExchangeHook, NoReview};
+use crate::config::{Config, KafkaConfig};
+use crate::decision::Decider;
+use crate::kafka::{self, EmbeddedBroker, ReviewSink};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
+use crate::review::ReviewPipeline;
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
+
+/// How long the startup topic check may wait for the broker.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
@@ -34,22 +40,100 @@ pub async fn shutdown_signal() {
 
 /// One shutdown event observed by many tasks.
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown {
+    fired: watch::Receiver<bool>,
+    fired_at: Arc<OnceLock<Instant>>,
+}
 
 impl Shutdown {
     /// A shutdown that fires when `trigger` resolves.
     pub fn on(trigger: impl Future<Output = ()> + Send + 'static) -> Shutdown {
-        let (tx, rx) = watch::channel(false);
+        let (tx, fired) = watch::channel(false);
+        let fired_at = Arc::new(OnceLock::new());
+        let at = fired_at.clone();
         tokio::spawn(async move {
             trigger.await;
+            let _ = at.set(Instant::now());
             let _ = tx.send(true);
         });
-        Shutdown(rx)
+        Shutdown { fired, fired_at }
     }
 
     pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|stopped| *stopped).await;
+        let _ = self.fired.wait_for(|stopped| *stopped).await;
     }
+
+    /// What is left of `grace` since the shutdown fired (all of it if it has not).
+    pub fn remaining(&self, grace: Duration) -> Duration {
+        self.fired_at
+            .get()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
+    }
+}
+
+/// Where Kafka is: the configured brokers, or an embedded broker kept alive by this value.
+pub struct KafkaEndpoint {
+    pub bootstrap: String,
+    _embedded: Option<EmbeddedBroker>,
+}
+
+impl KafkaEndpoint {
+    /// Starts the embedded broker when `brokers = "embedded"`; otherwise just names the brokers.
+    pub fn connect(config: &KafkaConfig) -> anyhow::Result<KafkaEndpoint> {
+        if !config.is_embedded() {
+            return Ok(KafkaEndpoint {
+                bootstrap: config.brokers.clone(),
+                _embedded: None,
+            });
+        }
+        let broker = EmbeddedBroker::start(&kafka::topic_names(config), config.topic_partitions)?;
+        let bootstrap = broker.bootstrap_servers().to_owned();
+        info!(
+            %bootstrap,
+            "embedded Kafka broker started (in-process, not persistent): point kcat or a client at it"
+        );
+        Ok(KafkaEndpoint {
+            bootstrap,
+            _embedded: Some(broker),
+        })
+    }
+}
+
+/// Checks (and creates, when configured) the topics in the background: an unreachable broker
+/// is logged clearly but never stops inference traffic.
+fn check_topics_in_background(config: &KafkaConfig, bootstrap: &str) {
+    let (config, bootstrap) = (config.clone(), bootstrap.to_owned());
+    tokio::spawn(async move {
+        match kafka::ensure_topics(&config, &bootstrap, TOPIC_CHECK_TIMEOUT).await {
+            Ok(report) if !report.created.is_empty() => {
+                info!(created = ?report.created, "created missing Kafka topics")
+            }
+            Ok(_) => info!("Kafka topics present"),
+            Err(e) => error!(
+                error = %e,
+                "Kafka topic check failed; inference is served, review records wait in the queue"
+            ),
+        }
+    });
+}
+
+/// The proxy with its review pipeline (decision and Kafka sink), as every command runs it.
+pub async fn build_proxy(
+    config: &Config,
+    bootstrap: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
+    let upstream = Upstream::from_config(&config.upstream).await?;
+    let decider = Decider::new(config)?;
+    let sink = Arc::new(ReviewSink::new(&config.kafka, bootstrap, metrics.clone())?);
+    let proxy = Proxy::new(
+        ProxySettings::from_config(config),
+        upstream,
+        RouteTable::new(&config.routes),
+        Arc::new(ReviewPipeline::new(decider, sink.clone(), metrics.clone())),
+        metrics,
+    );
+    Ok((proxy, sink))
 }
 
 /// Runs the sidecar proxy and its admin server until `shutdown`.
@@ -70,23 +154,23 @@ pub async fn run_proxy(
                 config.server.admin_listen
             )
         })?;
-    let upstream = Upstream::from_config(&config.upstream).await?;
-    let hook: Arc<dyn ExchangeHook> = Arc::new(NoReview);
-    let proxy = Proxy::new(
-        ProxySettings::from_config(&config),
-        upstream,
-        RouteTable::new(&config.routes),
-        hook,
-        metrics.clone(),
-    );
-    let ready: admin::Readiness = Arc::new(|| true);
+    let kafka = KafkaEndpoint::connect(&config.kafka)?;
+    check_topics_in_background(&config.kafka, &kafka.bootstrap);
+    let (proxy, sink) = build_proxy(&config, &kafka.bootstrap, metrics.clone()).await?;
+    let ready_sink = sink.clone();
+    let ready: admin::Readiness = Arc::new(move || ready_sink.is_ready());
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
         ready,
         shutdown.clone().wait(),
     ));
-    proxy::serve(listener, proxy, shutdown.wait()).await?;
+    proxy::serve(listener, proxy, shutdown.clone().wait()).await?;
+    let flush_within = shutdown.remaining(config.server.shutdown_grace);
+    let purged = sink.flush(flush_within).await;
+    if purged > 0 {
+        warn!(purged, "review records not delivered before the shutdown grace ran out");
+    }
     admin.await??;
     info!("proxy stopped");
     Ok(())

@@ -174,3 +174,70 @@ pub fn json_response(body: &'static str) -> Response<Body> {
         .body(full_body(body))
         .unwrap()
 }
+
+/// The full proxy (decision + Kafka sink) as `reviewloop proxy` runs it, on a mock cluster.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub bootstrap: String,
+    pub config: Config,
+    pub sink: Arc<reviewloop::kafka::ReviewSink>,
+    stop: Option<oneshot::Sender<()>>,
+    _kafka: reviewloop::app::KafkaEndpoint,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the whole proxy with `config.kafka.brokers = "embedded"` unless it names brokers.
+pub async fn spawn_app(mut config: Config) -> TestApp {
+    if config.kafka.brokers == Config::default().kafka.brokers {
+        config.kafka.brokers = "embedded".into();
+    }
+    let kafka = reviewloop::app::KafkaEndpoint::connect(&config.kafka).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (proxy, sink) = reviewloop::app::build_proxy(&config, &kafka.bootstrap, metrics.clone())
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(proxy::serve(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        metrics,
+        bootstrap: kafka.bootstrap.clone(),
+        config,
+        sink,
+        stop: Some(stop),
+        _kafka: kafka,
+    }
+}
+
+/// An upstream that answers Hugging-Face-shaped JSON whose score is the request's `score`.
+pub async fn scoring_upstream() -> SocketAddr {
+    spawn_upstream(|request: Request<Incoming>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let input: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let score = input["score"].as_f64().unwrap_or(0.99);
+        let answer = serde_json::json!([{"label": "cat", "score": score}]).to_string();
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full_body(answer))
+            .unwrap()
+    })
+    .await
+}
