@@ -169,7 +169,10 @@ pub async fn run_proxy(
     let flush_within = shutdown.remaining(config.server.shutdown_grace);
     let purged = sink.flush(flush_within).await;
     if purged > 0 {
-        warn!(purged, "review records not delivered before the shutdown grace ran out");
+        warn!(
+            purged,
+            "review records not delivered before the shutdown grace ran out"
+        );
     }
     admin.await??;
     info!("proxy stopped");

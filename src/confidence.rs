@@ -246,9 +246,11 @@ fn detect_object(o: &serde_json::Map<String, Value>) -> Option<Preset> {
         } else {
             Preset::Tfserving
         })
-    } else if has("prediction") {
-        Some(Preset::Sagemaker)
-    } else if has("predicted_label") || has("probabilities") || has("probability") {
+    } else if has("prediction")
+        || has("predicted_label")
+        || has("probabilities")
+        || has("probability")
+    {
         Some(Preset::Sagemaker)
     } else if has("outputs") || has("result") {
         Some(Preset::Tfserving)

@@ -80,9 +80,8 @@ impl ReviewPipeline {
 
 /// The record a diverted exchange becomes.
 pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
-    let payload = |captured: &Captured| {
-        Payload::from_bytes(captured.content_type.as_deref(), &captured.body)
-    };
+    let payload =
+        |captured: &Captured| Payload::from_bytes(captured.content_type.as_deref(), &captured.body);
     ReviewRecord {
         id: exchange.id.clone(),
         time: rfc3339_millis(exchange.received_at),

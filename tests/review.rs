@@ -9,8 +9,8 @@ use kafka_support::{consume, schema, schema_errors};
 use rdkafka::Message;
 
 fn ask(app: &TestApp, score: f64, force: Option<&str>) -> Request<reviewloop::upstream::Body> {
-    let mut request = Request::post(app.url("/invocations"))
-        .header("content-type", "application/json");
+    let mut request =
+        Request::post(app.url("/invocations")).header("content-type", "application/json");
     if let Some(force) = force {
         request = request.header("x-review", force);
     }
@@ -22,7 +22,10 @@ fn ask(app: &TestApp, score: f64, force: Option<&str>) -> Request<reviewloop::up
 async fn review_header(app: &TestApp, score: f64, force: Option<&str>) -> (String, Option<String>) {
     let (parts, _) = send(ask(app, score, force)).await;
     assert_eq!(parts.status, 200);
-    let id = parts.headers["x-reviewloop-id"].to_str().unwrap().to_owned();
+    let id = parts.headers["x-reviewloop-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let review = parts
         .headers
         .get("x-reviewloop-review")
@@ -55,7 +58,10 @@ async fn low_confidence_is_diverted_confident_is_not_and_the_override_wins() {
     assert_eq!(diverted(&app, "low_confidence"), 1);
     assert_eq!(diverted(&app, "forced"), 1);
     let text = app.metrics.render();
-    assert!(text.contains("reviewloop_confidence_count{route=\"/invocations\"} 4"), "{text}");
+    assert!(
+        text.contains("reviewloop_confidence_count{route=\"/invocations\"} 4"),
+        "{text}"
+    );
 
     let messages = consume(
         &app.bootstrap,
