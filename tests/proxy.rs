@@ -406,3 +406,41 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn admin_serves_metrics_health_and_readiness_apart_from_the_data_port() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let metrics = Arc::new(reviewloop::metrics::Metrics::new());
+    metrics
+        .requests_total
+        .with_label_values(&["/invocations", "2xx"])
+        .inc();
+    let ready = Arc::new(AtomicBool::new(false));
+    let probe = ready.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(reviewloop::admin::serve(
+        listener,
+        metrics,
+        Arc::new(move || probe.load(Ordering::SeqCst)),
+        std::future::pending(),
+    ));
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            send(Request::get(url).body(full_body(Bytes::new())).unwrap()).await
+        }
+    };
+    let (parts, body) = get("/metrics").await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(parts.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("reviewloop_requests_total{code=\"2xx\",route=\"/invocations\"} 1"));
+    assert_eq!(get("/healthz").await.0.status, StatusCode::OK);
+    assert_eq!(get("/readyz").await.0.status, StatusCode::SERVICE_UNAVAILABLE);
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(get("/readyz").await.0.status, StatusCode::OK);
+    assert_eq!(get("/nope").await.0.status, StatusCode::NOT_FOUND);
+}
