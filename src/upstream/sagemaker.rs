@@ -32,7 +32,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use tracing::warn;
 
 use self::sse::{Framing, SseFramer};
@@ -421,15 +421,26 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, UpstreamErr
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(rejected(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("the request body could not be read: {e}"),
-        )),
+    // Read frame by frame rather than through `http_body_util::Limited`, whose generic error
+    // conversion makes this future lose `Send` (a rustc higher-ranked lifetime limitation).
+    let mut body = body;
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            rejected(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+        }
     }
+    Ok(bytes.freeze())
 }
 
 fn rejected(status: StatusCode, error_type: &'static str, message: String) -> UpstreamError {
