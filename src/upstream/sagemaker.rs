@@ -58,8 +58,8 @@ const X_STREAM_CONTENT_TYPE: &str = "x-amzn-sagemaker-content-type";
 const X_AMZN_REQUEST_ID: &str = "x-amzn-requestid";
 const X_REQUEST_ID: &str = "x-request-id";
 
-/// A SageMaker endpoint reached through the AWS SDK.
-#[derive(Debug)]
+/// A SageMaker endpoint reached through the AWS SDK. (No `Debug`: it holds the credentials
+/// provider.)
 pub struct SagemakerUpstream {
     client: Client,
     endpoint_name: String,
@@ -140,11 +140,11 @@ impl SagemakerUpstream {
     }
 
     async fn invoke(&self, f: InvokeFields, body: Bytes) -> Result<Response<Body>, UpstreamError> {
-        let output = self
+        let mut output = self
             .client
             .invoke_endpoint()
             .endpoint_name(&self.endpoint_name)
-            .body(Blob::new(body))
+            .body(Blob::from_maybe_shared(body))
             .set_content_type(f.content_type)
             .set_accept(f.accept)
             .set_custom_attributes(f.custom_attributes)
@@ -158,11 +158,7 @@ impl SagemakerUpstream {
             .send()
             .await
             .map_err(|e| map_sdk_error(e, classify_invoke))?;
-        let body = output
-            .body
-            .clone()
-            .map(Blob::into_inner)
-            .unwrap_or_default();
+        let body = output.body.take().map(Blob::into_bytes).unwrap_or_default();
         let mut response = Response::new(full_body(body.clone()));
         let headers = response.headers_mut();
         // The proxy reads the whole body before answering when it knows the length.
@@ -189,7 +185,7 @@ impl SagemakerUpstream {
             .client
             .invoke_endpoint_with_response_stream()
             .endpoint_name(&self.endpoint_name)
-            .body(Blob::new(body))
+            .body(Blob::from_maybe_shared(body))
             .set_content_type(f.content_type)
             .set_accept(f.accept)
             .set_custom_attributes(f.custom_attributes)
@@ -618,7 +614,7 @@ fn event_stream(
             loop {
                 match receiver.recv().await {
                     Ok(Some(ResponseStream::PayloadPart(part))) => {
-                        let bytes = part.bytes.map(Blob::into_inner).unwrap_or_default();
+                        let bytes = part.bytes.map(Blob::into_bytes).unwrap_or_default();
                         let out = framer.push(&bytes);
                         if !out.is_empty() {
                             let next = StreamState::Open(Box::new((receiver, framer)));
@@ -1004,6 +1000,31 @@ mod tests {
         assert_eq!(status(Method::GET, "/invocations"), 405);
         assert_eq!(status(Method::POST, "/ping"), 405);
         assert_eq!(status(Method::POST, "/v1/chat/completions"), 404);
+    }
+
+    #[test]
+    fn init_refuses_a_bad_endpoint_name_and_a_missing_region() {
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        let config = |name: &str, region: Option<&str>| UpstreamConfig {
+            kind: crate::config::UpstreamKind::Sagemaker,
+            endpoint_name: Some(name.into()),
+            region: region.map(str::to_owned),
+            ..UpstreamConfig::default()
+        };
+        let error = |c| {
+            SagemakerUpstream::with_sdk_config(&c, &sdk)
+                .err()
+                .unwrap()
+                .0
+        };
+        assert!(error(config("my_endpoint", Some("eu-west-1"))).contains("endpoint_name"));
+        assert!(error(config("my-endpoint", None)).contains("region"));
+        assert!(
+            SagemakerUpstream::with_sdk_config(&config("my-endpoint", Some("eu-west-1")), &sdk)
+                .is_ok()
+        );
     }
 
     #[test]
