@@ -443,6 +443,12 @@ impl Config {
                         quoted(name),
                         "required when kind = \"sagemaker\"",
                     );
+                } else if !is_sagemaker_name(name) {
+                    bad(
+                        "upstream.endpoint_name",
+                        quoted(name),
+                        "must be 1-63 letters, digits and inner hyphens (a SageMaker endpoint name)",
+                    );
                 }
                 if let Some(url) = &u.endpoint_url
                     && let Err(message) = check_http_url(url)
@@ -671,6 +677,14 @@ fn check_decision(
             }
         }
     }
+}
+
+/// SageMaker's endpoint name pattern, `^[a-zA-Z0-9](-*[a-zA-Z0-9])*$`, at most 63 characters.
+fn is_sagemaker_name(name: &str) -> bool {
+    name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
@@ -1092,6 +1106,10 @@ mod tests {
             problem_keys(err),
             ["upstream.endpoint_name", "confidence.expression"]
         );
+        let err = load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my_endpoint\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("SageMaker endpoint name"), "{err}");
+        load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my-endpoint-2\"\n").unwrap();
         let err = load("[confidence]\npreset = \"jmespath\"\nexpression = \"a[\"\n").unwrap_err();
         assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
     }
