@@ -124,6 +124,17 @@ pub async fn build_proxy(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
     let upstream = Upstream::from_config(&config.upstream).await?;
+    build_proxy_on(config, upstream, bootstrap, metrics)
+}
+
+/// [`build_proxy`] with an upstream the caller built (e.g. a SageMaker client whose
+/// credentials do not come from the process environment).
+pub fn build_proxy_on(
+    config: &Config,
+    upstream: Upstream,
+    bootstrap: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
     let decider = Decider::new(config)?;
     let sink = Arc::new(ReviewSink::new(&config.kafka, bootstrap, metrics.clone())?);
     let proxy = Proxy::new(
