@@ -141,8 +141,23 @@ pub struct Joiner {
     task: JoinHandle<Result<(), JoinError>>,
 }
 
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=reviewloop=debug`).
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .with_ansi(false)
+                .try_init();
+        }
+    });
+}
+
 impl Joiner {
     pub fn start(config: &Config) -> Joiner {
+        init_tracing();
         let metrics = Arc::new(Metrics::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let config = config.clone();
