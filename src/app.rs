@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::admin;
 use crate::config::{Config, KafkaConfig};
 use crate::decision::Decider;
+use crate::join;
 use crate::kafka::{self, EmbeddedBroker, ReviewSink};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -147,38 +148,58 @@ pub fn build_proxy_on(
     Ok((proxy, sink))
 }
 
-/// Runs the sidecar proxy and its admin server until `shutdown`.
-pub async fn run_proxy(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let shutdown = Shutdown::on(shutdown);
-    let metrics = Arc::new(Metrics::new());
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on server.listen = {}", config.server.listen))?;
-    let admin_listener = TcpListener::bind(config.server.admin_listen)
+/// The data and admin listeners, bound before anything else starts so a port in use fails fast.
+struct Listeners {
+    data: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let data = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on server.listen = {}", config.server.listen)
+            })?;
+        let admin = bind_admin(config).await?;
+        Ok(Listeners { data, admin })
+    }
+}
+
+async fn bind_admin(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on server.admin_listen = {}",
                 config.server.admin_listen
             )
-        })?;
-    let kafka = KafkaEndpoint::connect(&config.kafka)?;
-    check_topics_in_background(&config.kafka, &kafka.bootstrap);
-    let (proxy, sink) = build_proxy(&config, &kafka.bootstrap, metrics.clone()).await?;
+        })
+}
+
+/// Serves the proxy until `shutdown`, then flushes the review records within what is left of
+/// `shutdown_grace`.
+async fn serve_proxy(
+    config: &Config,
+    bootstrap: &str,
+    metrics: Arc<Metrics>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    check_topics_in_background(&config.kafka, bootstrap);
+    let (proxy, sink) = build_proxy(config, bootstrap, metrics.clone()).await?;
     let ready_sink = sink.clone();
     let ready: admin::Readiness = Arc::new(move || ready_sink.is_ready());
     let admin = tokio::spawn(admin::serve(
-        admin_listener,
-        metrics.clone(),
+        listeners.admin,
+        metrics,
         ready,
         shutdown.clone().wait(),
     ));
-    proxy::serve(listener, proxy, shutdown.clone().wait()).await?;
-    let flush_within = shutdown.remaining(config.server.shutdown_grace);
-    let purged = sink.flush(flush_within).await;
+    proxy::serve(listeners.data, proxy, shutdown.clone().wait()).await?;
+    let purged = sink
+        .flush(shutdown.remaining(config.server.shutdown_grace))
+        .await;
     if purged > 0 {
         warn!(
             purged,
@@ -187,5 +208,75 @@ pub async fn run_proxy(
     }
     admin.await??;
     info!("proxy stopped");
+    Ok(())
+}
+
+/// Runs the sidecar proxy and its admin server until `shutdown`.
+pub async fn run_proxy(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on(shutdown);
+    let listeners = Listeners::bind(&config).await?;
+    let kafka = KafkaEndpoint::connect(&config.kafka)?;
+    let metrics = Arc::new(Metrics::new());
+    serve_proxy(&config, &kafka.bootstrap, metrics, listeners, shutdown).await
+}
+
+/// Runs the review joiner, with an admin server for its metrics, until `shutdown`.
+pub async fn run_join(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.kafka.is_embedded() {
+        anyhow::bail!(
+            "kafka.brokers = \"embedded\" lives inside one process: use `reviewloop run` or \
+             `reviewloop demo`, or point `join` at a broker"
+        );
+    }
+    let shutdown = Shutdown::on(shutdown);
+    let metrics = Arc::new(Metrics::new());
+    let admin_listener = bind_admin(&config).await?;
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics.clone(),
+        Arc::new(|| true),
+        shutdown.clone().wait(),
+    ));
+    join::run(&config, &config.kafka.brokers, metrics, shutdown.wait()).await?;
+    admin.await??;
+    info!("joiner stopped");
+    Ok(())
+}
+
+/// Runs the proxy and the joiner in one process: one admin server and metrics registry, and
+/// with `brokers = "embedded"` one in-process broker for both. A joiner failure (e.g. topics
+/// not co-partitioned) stops the process.
+pub async fn run_all(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on(shutdown);
+    let listeners = Listeners::bind(&config).await?;
+    let kafka = KafkaEndpoint::connect(&config.kafka)?;
+    let metrics = Arc::new(Metrics::new());
+    let joiner = async {
+        join::run(
+            &config,
+            &kafka.bootstrap,
+            metrics.clone(),
+            shutdown.clone().wait(),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    };
+    let proxy = serve_proxy(
+        &config,
+        &kafka.bootstrap,
+        metrics.clone(),
+        listeners,
+        shutdown.clone(),
+    );
+    tokio::try_join!(proxy, joiner)?;
     Ok(())
 }

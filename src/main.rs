@@ -34,6 +34,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the review joiner (a consumer group member; scale out with more processes).
+    Join {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy and the joiner in one process.
+    Run {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and print the effective configuration (exit 0, or 64 if bad).
     CheckConfig { file: PathBuf },
 }
@@ -53,17 +65,26 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Proxy { config } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("reviewloop: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
-            };
-            run(app::run_proxy(config, app::shutdown_signal()))
-        }
+        Command::Proxy { config } => match load(config) {
+            Ok(config) => run(app::run_proxy(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+        Command::Join { config } => match load(config) {
+            Ok(config) => run(app::run_join(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+        Command::Run { config } => match load(config) {
+            Ok(config) => run(app::run_all(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
     }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref()).map_err(|e| {
+        eprintln!("reviewloop: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
 }
 
 fn run(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

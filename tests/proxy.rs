@@ -429,17 +429,23 @@ async fn admin_serves_metrics_health_and_readiness_apart_from_the_data_port() {
     ));
     let get = |path: &str| {
         let url = format!("http://{addr}{path}");
-        async move {
-            send(Request::get(url).body(full_body(Bytes::new())).unwrap()).await
-        }
+        async move { send(Request::get(url).body(full_body(Bytes::new())).unwrap()).await }
     };
     let (parts, body) = get("/metrics").await;
     assert_eq!(parts.status, StatusCode::OK);
-    assert!(parts.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        parts.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(text.contains("reviewloop_requests_total{code=\"2xx\",route=\"/invocations\"} 1"));
     assert_eq!(get("/healthz").await.0.status, StatusCode::OK);
-    assert_eq!(get("/readyz").await.0.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get("/readyz").await.0.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     ready.store(true, Ordering::SeqCst);
     assert_eq!(get("/readyz").await.0.status, StatusCode::OK);
     assert_eq!(get("/nope").await.0.status, StatusCode::NOT_FOUND);
