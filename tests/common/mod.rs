@@ -221,7 +221,7 @@ pub async fn spawn_app_on(mut config: Config, upstream: Upstream) -> TestApp {
     if config.kafka.brokers == Config::default().kafka.brokers {
         config.kafka.brokers = "embedded".into();
     }
-    let kafka = reviewloop::app::KafkaEndpoint::connect(&config.kafka).unwrap();
+    let kafka = reviewloop::app::KafkaEndpoint::connect(&config).unwrap();
     let metrics = Arc::new(Metrics::new());
     let (proxy, sink) =
         reviewloop::app::build_proxy_on(&config, upstream, &kafka.bootstrap, metrics.clone())
