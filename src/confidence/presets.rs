@@ -100,11 +100,14 @@ fn hf_list(items: &[Value]) -> Option<f64> {
 /// label of each of several inputs. Distinct labels whose scores sum to at most 1 are one
 /// distribution (max); otherwise each item is an instance (min).
 fn label_scores(items: &[Value]) -> Option<f64> {
-    let mut labels: Vec<&Value> = items.iter().filter_map(|i| i.get("label")).collect();
+    let mut labels: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i.get("label").and_then(Value::as_str))
+        .collect();
     let count = labels.len();
-    labels.sort_by_key(|l| l.to_string());
+    labels.sort_unstable();
     labels.dedup();
-    let distinct = labels.len() == count;
+    let distinct = count == items.len() && labels.len() == count;
     let sum: f64 = scores(items, "score").map(|s| s.unwrap_or(f64::NAN)).sum();
     if distinct && sum <= 1.0 + 1e-3 {
         max_of(scores(items, "score"))
