@@ -305,7 +305,7 @@ fn run(
                 args.connections,
             )?);
         }
-        for key in [DIVERT10, INSPECT] {
+        for key in [DIVERT10, INSPECT, DIVERT100] {
             profiles.push(profile(
                 &targets,
                 key,
