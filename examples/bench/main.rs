@@ -133,9 +133,13 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let upstream = runtime.block_on(Upstream::start())?;
     let on_signal = children.clone();
+    let work_dir = work.clone();
     runtime.spawn(async move {
         reviewloop::app::shutdown_signal().await;
         on_signal.terminate_all();
+        // Give nginx and reviewloop a moment to exit before their directory goes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = std::fs::remove_dir_all(&work_dir);
         std::process::exit(130);
     });
 
@@ -352,7 +356,45 @@ fn run(
         std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")?;
         eprintln!("bench: JSON written to {}", path.display());
     }
+    let problems = anomalies(&results.summaries);
+    if !problems.is_empty() {
+        bail!(
+            "the numbers above are not trustworthy:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
     Ok(())
+}
+
+/// What makes a run's numbers meaningless whatever the speed: failed requests, a proxy that did
+/// not divert what its configuration says, review records lost.
+fn anomalies(summaries: &[Summary]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in summaries {
+        if s.errors > 0 {
+            problems.push(format!("{}: {} failed requests", s.target, s.errors));
+        }
+        let expected = match s.target {
+            DIVERT10 => Some(1.0 / upstream::LOW_EVERY as f64),
+            INSPECT => Some(0.0),
+            DIVERT100 => Some(1.0),
+            _ => None,
+        };
+        if let (Some(expected), Some(seen)) = (expected, s.diverted_fraction)
+            && (seen - expected).abs() > 0.005
+        {
+            problems.push(format!(
+                "{}: diverted {:.2} % of requests, expected {:.2} %",
+                s.target,
+                seen * 100.0,
+                expected * 100.0
+            ));
+        }
+        if let Some(lost) = s.review_records_lost.filter(|lost| *lost > 0) {
+            problems.push(format!("{}: {lost} review records lost", s.target));
+        }
+    }
+    problems
 }
 
 /// One closed-loop round against `target`, with the proxy's CPU and memory, and for reviewloop
@@ -995,4 +1037,80 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Latency, WrkErrors, WrkRun};
+
+    fn round(target: &'static str, status_errors: u64, review: Option<(u64, u64, u64)>) -> Round {
+        Round {
+            target,
+            round: 1,
+            wrk: WrkRun {
+                requests: 1000,
+                duration_us: 1_000_000,
+                bytes: 0,
+                errors: WrkErrors {
+                    connect: 0,
+                    read: 0,
+                    write: 0,
+                    status: status_errors,
+                    timeout: 0,
+                },
+                latency_us: Latency {
+                    p50: 100,
+                    p90: 200,
+                    p99: 300,
+                    mean: 120.0,
+                    max: 400,
+                },
+            },
+            requests_per_second: 1000.0,
+            proxy_cpu_seconds: None,
+            proxy_cpu_seconds_per_1k: None,
+            proxy_peak_rss_bytes: None,
+            review: review.map(|(requests, diverted, delivered)| ReviewCounts {
+                requests,
+                diverted,
+                delivered,
+                ..ReviewCounts::default()
+            }),
+            broker_cpu_seconds: None,
+        }
+    }
+
+    fn problems(rounds: &[Round]) -> Vec<String> {
+        let summaries: Vec<Summary> = [DIRECT, DIVERT10, INSPECT, DIVERT100]
+            .iter()
+            .map(|key| report::summarise(key, key, rounds))
+            .collect();
+        anomalies(&summaries)
+    }
+
+    #[test]
+    fn a_run_that_diverts_what_it_should_and_loses_nothing_is_trusted() {
+        let rounds = [
+            round(DIRECT, 0, None),
+            round(DIVERT10, 0, Some((1000, 100, 100))),
+            round(INSPECT, 0, Some((1000, 0, 0))),
+            round(DIVERT100, 0, Some((1000, 1000, 1000))),
+        ];
+        assert_eq!(problems(&rounds), Vec::<String>::new());
+    }
+
+    #[test]
+    fn failed_requests_wrong_diversion_and_lost_records_are_named() {
+        let rounds = [
+            round(DIRECT, 3, None),
+            round(DIVERT10, 0, Some((1000, 150, 150))),
+            round(DIVERT100, 0, Some((1000, 1000, 990))),
+        ];
+        let found = problems(&rounds);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("3 failed requests"), "{found:?}");
+        assert!(found[1].contains("diverted 15.00 %"), "{found:?}");
+        assert!(found[2].contains("10 review records lost"), "{found:?}");
+    }
 }

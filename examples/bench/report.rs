@@ -83,15 +83,11 @@ pub fn summarise(target: &'static str, label: &'static str, rounds: &[Round]) ->
     let ms = |us: u64| us as f64 / 1000.0;
     let rps: Vec<f64> = mine.iter().map(|r| r.requests_per_second).collect();
     let reviews: Vec<&ReviewCounts> = mine.iter().filter_map(|r| r.review.as_ref()).collect();
-    let (requests, diverted, delivered, lost) =
-        reviews.iter().fold((0, 0, 0, 0), |(rq, dv, dl, ls), c| {
-            (
-                rq + c.requests,
-                dv + c.diverted,
-                dl + c.delivered,
-                ls + c.failed + c.skipped_queue_full + c.skipped_kafka_error,
-            )
-        });
+    let (requests, diverted, delivered) = reviews.iter().fold((0, 0, 0), |(rq, dv, dl), c| {
+        (rq + c.requests, dv + c.diverted, dl + c.delivered)
+    });
+    // Whatever was diverted and not delivered: failed, skipped, or unaccounted for.
+    let lost = diverted.saturating_sub(delivered);
     let nan = f64::NAN;
     Summary {
         target,
