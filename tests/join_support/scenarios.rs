@@ -451,3 +451,48 @@ pub async fn rebalances_lose_and_duplicate_nothing(cluster: &Cluster, n: usize) 
     b.stop().await.expect("b stops cleanly");
     c.stop().await.expect("c stops cleanly");
 }
+
+/// Many reviews wait (the state holds only their offsets), then all answers come: every join
+/// reads its review record back by offset, in runs.
+pub async fn pending_backlog_then_answers(cluster: &Cluster, n: usize) {
+    let config = cluster.config();
+    let joiner = Joiner::start(&config);
+    let producer = cluster.producer();
+    for i in 0..n {
+        producer.review(&config, &review_record(&format!("b-{i}")));
+    }
+    producer.flush();
+    let deadline = std::time::Instant::now() + WAIT;
+    while joiner.metric("reviewloop_reviews_pending") < n as f64
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(joiner.metric("reviewloop_reviews_pending"), n as f64);
+    // Answers in an order unlike the reviews', so the fetches jump around.
+    let mut order: Vec<usize> = (0..n).collect();
+    shuffle(&mut order, 99);
+    for i in order {
+        producer.answer(&config, &format!("b-{i}"), "alice", "cat");
+    }
+    producer.flush();
+    let mut reader = Reader::new(&cluster.bootstrap, &config.kafka.retraining_topic);
+    assert!(
+        reader.read_until(WAIT, |r| r.len() >= n),
+        "{} of {n}",
+        reader.records.len()
+    );
+    reader.drain(Duration::from_secs(1));
+    let counts = reader.counts_by_id();
+    assert_eq!(counts.len(), n);
+    assert!(duplicates(&counts).is_empty());
+    for record in &reader.records {
+        let id = record["id"].as_str().unwrap();
+        assert_eq!(record["request"]["body"]["inputs"], format!("request {id}"));
+    }
+    assert_eq!(
+        joiner.metric("reviewloop_dead_letters_total{reason=\"expired\"}"),
+        0.0
+    );
+    joiner.stop().await.expect("clean stop");
+}
