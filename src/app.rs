@@ -80,14 +80,21 @@ pub struct KafkaEndpoint {
 
 impl KafkaEndpoint {
     /// Starts the embedded broker when `brokers = "embedded"`; otherwise just names the brokers.
-    pub fn connect(config: &KafkaConfig) -> anyhow::Result<KafkaEndpoint> {
-        if !config.is_embedded() {
+    ///
+    /// The embedded broker (librdkafka's mock cluster) cannot create topics on request, so it
+    /// starts with reviewloop's four topics and the joiner's state topic.
+    pub fn connect(config: &Config) -> anyhow::Result<KafkaEndpoint> {
+        let kafka_config = &config.kafka;
+        if !kafka_config.is_embedded() {
             return Ok(KafkaEndpoint {
-                bootstrap: config.brokers.clone(),
+                bootstrap: kafka_config.brokers.clone(),
                 _embedded: None,
             });
         }
-        let broker = EmbeddedBroker::start(&kafka::topic_names(config), config.topic_partitions)?;
+        let state_topic = join::state_topic_name(&config.join.group_id);
+        let mut topics = kafka::topic_names(kafka_config).to_vec();
+        topics.push(&state_topic);
+        let broker = EmbeddedBroker::start(&topics, kafka_config.topic_partitions)?;
         let bootstrap = broker.bootstrap_servers().to_owned();
         info!(
             %bootstrap,
@@ -207,7 +214,7 @@ pub async fn run_proxy(
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::on(shutdown);
     let listeners = Listeners::bind(&config).await?;
-    let kafka = KafkaEndpoint::connect(&config.kafka)?;
+    let kafka = KafkaEndpoint::connect(&config)?;
     let metrics = Arc::new(Metrics::new());
     serve_proxy(&config, &kafka.bootstrap, metrics, listeners, shutdown).await
 }
@@ -247,7 +254,7 @@ pub async fn run_all(
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::on(shutdown);
     let listeners = Listeners::bind(&config).await?;
-    let kafka = KafkaEndpoint::connect(&config.kafka)?;
+    let kafka = KafkaEndpoint::connect(&config)?;
     let metrics = Arc::new(Metrics::new());
     let joiner = async {
         join::run(

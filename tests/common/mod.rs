@@ -205,7 +205,7 @@ pub async fn spawn_app(mut config: Config) -> TestApp {
     if config.kafka.brokers == Config::default().kafka.brokers {
         config.kafka.brokers = "embedded".into();
     }
-    let kafka = reviewloop::app::KafkaEndpoint::connect(&config.kafka).unwrap();
+    let kafka = reviewloop::app::KafkaEndpoint::connect(&config).unwrap();
     let metrics = Arc::new(Metrics::new());
     let (proxy, sink) = reviewloop::app::build_proxy(&config, &kafka.bootstrap, metrics.clone())
         .await
