@@ -44,7 +44,7 @@ use crate::kafka::client_config;
 use crate::metrics::Metrics;
 use crate::{admin, join, proxy};
 
-use self::model::Model;
+use self::model::{Evaluation, Model};
 use self::report::{Summary, Window};
 use self::reviewers::{ReviewerSettings, ReviewerStats};
 use self::task::Task;
@@ -53,6 +53,11 @@ use self::traffic::Tally;
 /// Labelled tickets the model is trained on before the demo starts: enough to beat chance,
 /// too few to be sure of anything.
 pub const PILOT_TICKETS: usize = 20;
+
+/// Tickets the model is scored on before and after the run (never seen in training).
+const HELD_OUT_TICKETS: usize = 2000;
+/// `review.confidence_below` of the demo (reviewloop's default).
+const CONFIDENCE_BELOW: f64 = 0.7;
 
 /// How long the end of a run waits for the reviews in flight to be answered and joined.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -171,6 +176,7 @@ pub fn demo_config(options: &DemoOptions, model: SocketAddr) -> Config {
     config.kafka.brokers = crate::config::EMBEDDED_BROKERS.into();
     config.join.reviewers_per_item = options.answers_per_review;
     config.review.budget_per_second = options.budget_per_second;
+    config.review.confidence_below = CONFIDENCE_BELOW;
     config
 }
 
@@ -193,6 +199,8 @@ pub async fn run(
     // The model: weak at first, then taught by the retraining topic.
     let task = Task::new(options.seed);
     let model = Arc::new(Model::pilot(&mut task.fork(1), PILOT_TICKETS));
+    let held_out = || task.fork(3);
+    let before = model::evaluate(&model, &mut held_out(), HELD_OUT_TICKETS, CONFIDENCE_BELOW);
     let model_listener = bind().await?;
     let model_addr = model_listener.local_addr()?;
     let model_server = tokio::spawn(model::serve(
@@ -272,9 +280,13 @@ pub async fn run(
         })
     };
 
-    write_banner(
-        out, &options, &config, &bootstrap, model_addr, proxy_addr, admin_addr,
-    )?;
+    let addresses = Addresses {
+        bootstrap: &bootstrap,
+        model: model_addr,
+        proxy: proxy_addr,
+        admin: admin_addr,
+    };
+    write_banner(out, &options, &config, &addresses, before)?;
 
     // Traffic, and a row per window.
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -431,6 +443,8 @@ pub async fn run(
         learned: model.learned(),
         drained,
         pilot: PILOT_TICKETS,
+        before,
+        after: model::evaluate(&model, &mut held_out(), HELD_OUT_TICKETS, CONFIDENCE_BELOW),
     };
     write!(out, "{}", report::summary(&summary, elapsed))?;
     out.flush()?;
@@ -443,16 +457,27 @@ async fn bind() -> anyhow::Result<TcpListener> {
         .context("cannot listen on 127.0.0.1")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where the demo's servers listen.
+struct Addresses<'a> {
+    bootstrap: &'a str,
+    model: SocketAddr,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
 fn write_banner(
     out: &mut (dyn Write + Send),
     options: &DemoOptions,
     config: &Config,
-    bootstrap: &str,
-    model: SocketAddr,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+    addresses: &Addresses<'_>,
+    before: Evaluation,
 ) -> std::io::Result<()> {
+    let Addresses {
+        bootstrap,
+        model,
+        proxy,
+        admin,
+    } = *addresses;
     let kafka = &config.kafka;
     let length = if options.serve {
         "until Ctrl-C".to_owned()
@@ -470,7 +495,10 @@ fn write_banner(
     )?;
     writeln!(
         out,
-        "  model    http://{model}  (ticket routing, trained on {PILOT_TICKETS} tickets: it starts weak)"
+        "  model    http://{model}  (a ticket router trained on {PILOT_TICKETS} tickets: \
+         {:.1}% accurate, unsure of {:.1}%)",
+        before.accuracy * 100.0,
+        before.unsure * 100.0
     )?;
     writeln!(
         out,

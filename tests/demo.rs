@@ -78,6 +78,37 @@ async fn a_short_demo_learns_from_its_reviews_and_accounts_for_every_one() {
     assert!(text.contains("Summary:"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disagreeing_reviewers_become_dead_letters_and_the_counts_still_add_up() {
+    let options = DemoOptions {
+        duration: Duration::from_secs(9),
+        interval: Duration::from_secs(3),
+        rps: 30,
+        reviewers: 6,
+        review_delay: Duration::from_millis(10),
+        // Three answers each, by coin-flip reviewers: a majority is often missing.
+        answers_per_review: 3,
+        reviewer_accuracy: 0.4,
+        ..DemoOptions::default()
+    };
+    let summary = demo::run(options, &mut std::io::sink(), std::future::pending())
+        .await
+        .expect("the demo runs");
+    assert!(summary.drained, "{summary:#?}");
+    assert_eq!(summary.reviews_lost, 0);
+    assert_eq!(summary.reviews_delivered, summary.total.reviewed);
+    assert!(summary.reviews_delivered > 50, "{summary:#?}");
+    assert_eq!(summary.answers, 3 * summary.reviews_delivered);
+    assert!(summary.dead_letters > 0, "{summary:#?}");
+    assert!(summary.retraining > 0, "{summary:#?}");
+    assert_eq!(
+        summary.reviews_delivered,
+        summary.retraining + summary.dead_letters + summary.joiner_pending as u64,
+        "{summary:#?}"
+    );
+    assert_eq!(summary.learned, summary.retraining);
+}
+
 fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reviewloop"))
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::model::Evaluation;
 use super::traffic::Tally;
 
 /// One reporting window: what the clients saw, and the loop's counters at its end.
@@ -45,7 +46,11 @@ pub struct Summary {
     pub learned: u64,
     /// Whether every delivered review was resolved before the run ended.
     pub drained: bool,
+    /// Labelled tickets the model started from.
     pub pilot: usize,
+    /// The model on held-out tickets before the run, and after.
+    pub before: Evaluation,
+    pub after: Evaluation,
 }
 
 impl Summary {
@@ -95,10 +100,10 @@ fn percent(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
-/// `a → b (±d points)`.
-fn change(first: f64, last: f64) -> String {
+/// `a → b  (±d points…)`.
+fn change(first: f64, last: f64, note: &str) -> String {
     format!(
-        "{} → {}  ({:+.1} points)",
+        "{} → {}  ({:+.1} points{note})",
         percent(first),
         percent(last),
         (last - first) * 100.0
@@ -107,75 +112,96 @@ fn change(first: f64, last: f64) -> String {
 
 pub fn summary(s: &Summary, elapsed: Duration) -> String {
     let mut out = String::new();
+    let mut line = |label: &str, text: String| {
+        let _ = writeln!(out, "  {label:<18}{text}");
+    };
+    if let (Some(first), Some(last)) = (s.first(), s.last()) {
+        line(
+            "accuracy",
+            change(first.accuracy(), last.accuracy(), ", first window → last"),
+        );
+        line(
+            "review rate",
+            change(first.review_rate(), last.review_rate(), ""),
+        );
+        line(
+            "low confidence",
+            change(
+                first.low_confidence_share(),
+                last.low_confidence_share(),
+                "",
+            ),
+        );
+    }
+    line(
+        "held-out tickets",
+        format!(
+            "{} → {} accurate, unsure of {} → {}  (before the run → after)",
+            percent(s.before.accuracy),
+            percent(s.after.accuracy),
+            percent(s.before.unsure),
+            percent(s.after.unsure)
+        ),
+    );
+    line(
+        "reviews",
+        format!(
+            "{} sent to Kafka{}: {} retraining records, {} dead letters, {} pending",
+            s.reviews_delivered,
+            if s.reviews_lost > 0 {
+                format!(" ({} lost)", s.reviews_lost)
+            } else {
+                String::new()
+            },
+            s.retraining,
+            s.dead_letters,
+            s.pending
+        ),
+    );
+    if s.over_budget > 0 {
+        line(
+            "over budget",
+            format!(
+                "{} unsure answers not sent (review.budget_per_second)",
+                s.over_budget
+            ),
+        );
+    }
+    line(
+        "reviewers",
+        format!(
+            "{} answers, {} of them wrong{}",
+            s.answers,
+            s.wrong_answers,
+            if s.unreadable > 0 {
+                format!(", {} reviews they could not read", s.unreadable)
+            } else {
+                String::new()
+            }
+        ),
+    );
+    line(
+        "model",
+        format!(
+            "learned from {} retraining records, after {} labelled tickets to start",
+            s.learned, s.pilot
+        ),
+    );
+    if !s.drained {
+        line(
+            "",
+            "(stopped before every review was resolved: the pending ones are counted above)"
+                .to_owned(),
+        );
+    }
     let t = &s.total;
-    let _ = writeln!(
-        out,
-        "\nSummary: {} requests in {:.0}s ({:.0}/s), {} errors",
+    format!(
+        "\nSummary: {} requests in {:.0}s ({:.0}/s), {} errors\n{out}",
         t.requests,
         elapsed.as_secs_f64(),
         t.requests as f64 / elapsed.as_secs_f64().max(1e-9),
         t.errors
-    );
-    if let (Some(first), Some(last)) = (s.first(), s.last()) {
-        let _ = writeln!(
-            out,
-            "  accuracy         {}   first window → last",
-            change(first.accuracy(), last.accuracy())
-        );
-        let _ = writeln!(
-            out,
-            "  review rate      {}",
-            change(first.review_rate(), last.review_rate())
-        );
-        let _ = writeln!(
-            out,
-            "  low confidence   {}",
-            change(first.low_confidence_share(), last.low_confidence_share())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  reviews          {} sent to Kafka{}: {} retraining records, {} dead letters, {} pending",
-        s.reviews_delivered,
-        if s.reviews_lost > 0 {
-            format!(" ({} lost)", s.reviews_lost)
-        } else {
-            String::new()
-        },
-        s.retraining,
-        s.dead_letters,
-        s.pending
-    );
-    if s.over_budget > 0 {
-        let _ = writeln!(
-            out,
-            "  over budget      {} low-confidence answers not sent (review.budget_per_second)",
-            s.over_budget
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  reviewers        {} answers, {} of them wrong{}",
-        s.answers,
-        s.wrong_answers,
-        if s.unreadable > 0 {
-            format!(", {} reviews they could not read", s.unreadable)
-        } else {
-            String::new()
-        }
-    );
-    let _ = writeln!(
-        out,
-        "  model            started from {} labelled tickets, learned from {} retraining records",
-        s.pilot, s.learned
-    );
-    if !s.drained {
-        let _ = writeln!(
-            out,
-            "  (stopped before every review was answered: the pending ones are counted above)"
-        );
-    }
-    out
+    )
 }
 
 #[cfg(test)]
@@ -232,11 +258,23 @@ mod tests {
             learned: 998,
             drained: false,
             pilot: 20,
+            before: Evaluation {
+                accuracy: 0.5,
+                unsure: 1.0,
+            },
+            after: Evaluation {
+                accuracy: 0.97,
+                unsure: 0.1,
+            },
         };
         let text = super::summary(&summary, Duration::from_secs(10));
-        assert!(text.contains("50.0% → 95.0%  (+45.0 points)"), "{text}");
+        assert!(
+            text.contains("50.0% → 95.0%  (+45.0 points, first window → last)"),
+            "{text}"
+        );
         assert!(text.contains("90.0% → 10.0%  (-80.0 points)"), "{text}");
         assert!(text.contains("998 retraining records, 0 dead letters, 2 pending"));
-        assert!(text.contains("stopped before every review was answered"));
+        assert!(text.contains("stopped before every review was resolved"));
+        assert!(text.contains("50.0% → 97.0% accurate, unsure of 100.0% → 10.0%"));
     }
 }
