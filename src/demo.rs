@@ -36,11 +36,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::app::{self, KafkaEndpoint, Shutdown};
 use crate::config::Config;
-use crate::kafka::client_config;
+use crate::kafka::{ReviewSink, client_config};
 use crate::metrics::Metrics;
 use crate::{admin, join, proxy};
 
@@ -191,111 +192,23 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(OptionsError(problems).into());
     }
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let stop = Shutdown::on(async {
-        let _ = stop_rx.await;
-    });
-
     // The model: weak at first, then taught by the retraining topic.
     let task = Task::new(options.seed);
     let model = Arc::new(Model::pilot(&mut task.fork(1), PILOT_TICKETS));
     let held_out = || task.fork(3);
     let before = model::evaluate(&model, &mut held_out(), HELD_OUT_TICKETS, CONFIDENCE_BELOW);
-    let model_listener = bind().await?;
-    let model_addr = model_listener.local_addr()?;
-    let model_server = tokio::spawn(model::serve(
-        model_listener,
-        model.clone(),
-        stop.clone().wait(),
-    ));
 
-    let config = demo_config(&options, model_addr);
-    let config_problems = config.validate();
-    if !config_problems.is_empty() {
-        anyhow::bail!(
-            "the demo's configuration is invalid: {}",
-            config_problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
-    let kafka = KafkaEndpoint::connect(&config)?;
-    let bootstrap = kafka.bootstrap.clone();
-    let metrics = Arc::new(Metrics::new());
-
-    // The production pieces: proxy, admin server, joiner.
-    let (proxy, sink) = app::build_proxy(&config, &bootstrap, metrics.clone()).await?;
-    let proxy_listener = bind().await?;
-    let proxy_addr = proxy_listener.local_addr()?;
-    let proxy_server = tokio::spawn(proxy::serve(proxy_listener, proxy, stop.clone().wait()));
-    let admin_listener = bind().await?;
-    let admin_addr = admin_listener.local_addr()?;
-    let ready_sink = sink.clone();
-    let admin_server = tokio::spawn(admin::serve(
-        admin_listener,
-        metrics.clone(),
-        Arc::new(move || ready_sink.is_ready()),
-        stop.clone().wait(),
-    ));
-    let joiner = {
-        let (config, bootstrap, metrics, stop) = (
-            config.clone(),
-            bootstrap.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { join::run(&config, &bootstrap, metrics, stop.wait()).await })
-    };
-
-    // The simulated parties around them.
-    let trainer = {
-        let (config, bootstrap, model, stop) = (
-            config.clone(),
-            bootstrap.clone(),
-            model.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { model::train(&config, &bootstrap, model, stop.wait()).await })
-    };
-    let reviewer_stats = Arc::new(ReviewerStats::default());
-    let reviewer_pool = {
-        let settings = ReviewerSettings {
-            count: options.reviewers,
-            accuracy: options.reviewer_accuracy,
-            delay: options.review_delay,
-            answers_per_review: options.answers_per_review as usize,
-            seed: options.seed,
-        };
-        let (config, bootstrap, stats, stop, task) = (
-            config.clone(),
-            bootstrap.clone(),
-            reviewer_stats.clone(),
-            stop.clone(),
-            task.clone(),
-        );
-        tokio::spawn(async move {
-            reviewers::run(&config, &bootstrap, task, settings, stats, stop.wait()).await
-        })
-    };
-
-    let addresses = Addresses {
-        bootstrap: &bootstrap,
-        model: model_addr,
-        proxy: proxy_addr,
-        admin: admin_addr,
-    };
-    write_banner(out, &options, &config, &addresses, before)?;
+    let running = Running::start(&options, &task, model.clone()).await?;
+    write_banner(out, &options, &running, before)?;
 
     // Traffic, and a row per window.
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (traffic_stop, traffic_stopped) = oneshot::channel::<()>();
     let traffic = tokio::spawn(traffic::run(
-        proxy_addr,
+        running.proxy,
         task.fork(2),
         options.rps,
-        config.review.confidence_below,
+        CONFIDENCE_BELOW,
         tally.clone(),
         async {
             let _ = traffic_stopped.await;
@@ -303,27 +216,16 @@ pub async fn run(
     ));
     let started = Instant::now();
     let end = (!options.serve).then(|| started + options.duration);
-    let dead_letters = || {
-        ["invalid", "orphan", "expired", "no_agreement"]
-            .iter()
-            .map(|reason| {
-                metrics
-                    .dead_letters_total
-                    .with_label_values(&[reason])
-                    .get()
-            })
-            .sum::<u64>()
-    };
     let mut reviewed = 0;
     let mut window = |elapsed: Duration| {
         let seen = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         reviewed += seen.reviewed;
-        let retraining = metrics.retraining_records_total.get();
+        let counts = running.counts();
         Window {
             elapsed,
             tally: seen,
-            retraining,
-            pending: reviewed.saturating_sub(retraining + dead_letters()),
+            retraining: counts.retraining,
+            pending: reviewed.saturating_sub(counts.resolved()),
             learned: model.learned(),
         }
     };
@@ -332,8 +234,6 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut next = started + options.interval;
     let mut interrupted = false;
-    // The joiner, the reviewers and the trainer only end early when they fail.
-    let failed = || joiner.is_finished() || reviewer_pool.is_finished() || trainer.is_finished();
     loop {
         let deadline = end.map_or(next, |end| next.min(end));
         tokio::select! {
@@ -343,7 +243,7 @@ pub async fn run(
                 break;
             }
         }
-        if end == Some(deadline) || failed() {
+        if end == Some(deadline) || running.failed() {
             break;
         }
         let row = window(deadline - started);
@@ -362,84 +262,32 @@ pub async fn run(
     let elapsed = started.elapsed();
 
     // Let the reviews in flight be answered, joined and learned, then stop everything.
-    let review_topic = config.kafka.review_topic.as_str();
-    let delivered = || {
-        metrics
-            .kafka_messages_total
-            .with_label_values(&[review_topic, "delivered"])
-            .get()
+    let drain_timeout = if interrupted {
+        INTERRUPTED_DRAIN_TIMEOUT
+    } else {
+        DRAIN_TIMEOUT
     };
-    let lost = || {
-        ["queue_full", "kafka_error"]
-            .iter()
-            .map(|reason| {
-                metrics
-                    .reviews_skipped_total
-                    .with_label_values(&[reason])
-                    .get()
-            })
-            .sum::<u64>()
-    };
-    let drain_started = Instant::now();
-    let drained = loop {
-        let retraining = metrics.retraining_records_total.get();
-        let resolved =
-            retraining + dead_letters() + reviewer_stats.unreadable.load(Ordering::Relaxed);
-        if delivered() + lost() >= reviewed
-            && resolved >= delivered()
-            && model.learned() + model.rejected() >= retraining
-        {
-            break true;
-        }
-        let timeout = if interrupted {
-            INTERRUPTED_DRAIN_TIMEOUT
-        } else {
-            DRAIN_TIMEOUT
-        };
-        if failed() || drain_started.elapsed() > timeout {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let _ = stop_tx.send(());
-    let purged = sink.flush(config.server.shutdown_grace).await;
-    joiner
-        .await
-        .context("the joiner panicked")?
-        .context("the joiner failed")?;
-    reviewer_pool
-        .await
-        .context("the reviewers panicked")?
-        .context("the reviewers failed")?;
-    trainer
-        .await
-        .context("the trainer panicked")?
-        .context("the trainer failed")?;
-    proxy_server.await.context("the proxy panicked")??;
-    admin_server.await.context("the admin server panicked")??;
-    model_server.await.context("the model server panicked")?;
+    let drained = running.drain(reviewed, drain_timeout).await;
+    let stopped = running.stop().await?;
 
     let mut total = Tally::default();
     for window in &windows {
         total.add(&window.tally);
     }
+    let counts = stopped.counts;
     let summary = Summary {
         windows,
         total,
-        reviews_delivered: delivered(),
-        reviews_lost: lost() + purged as u64,
-        over_budget: metrics
-            .reviews_skipped_total
-            .with_label_values(&["over_budget"])
-            .get(),
-        answers: reviewer_stats.answers.load(Ordering::Relaxed),
-        wrong_answers: reviewer_stats.wrong_answers.load(Ordering::Relaxed),
-        unreadable: reviewer_stats.unreadable.load(Ordering::Relaxed),
-        retraining: metrics.retraining_records_total.get(),
-        dead_letters: dead_letters(),
-        pending: delivered()
-            .saturating_sub(metrics.retraining_records_total.get() + dead_letters()),
-        joiner_pending: metrics.reviews_pending.get(),
+        reviews_delivered: counts.delivered,
+        reviews_lost: counts.lost + stopped.purged as u64,
+        over_budget: counts.over_budget,
+        answers: stopped.reviewers.answers.load(Ordering::Relaxed),
+        wrong_answers: stopped.reviewers.wrong_answers.load(Ordering::Relaxed),
+        unreadable: counts.unreadable,
+        retraining: counts.retraining,
+        dead_letters: counts.dead_letters,
+        pending: counts.delivered.saturating_sub(counts.resolved()),
+        joiner_pending: counts.joiner_pending,
         learned: model.learned(),
         drained,
         pilot: PILOT_TICKETS,
@@ -451,33 +299,293 @@ pub async fn run(
     Ok(summary)
 }
 
+/// The loop's counters, read from the shared metrics and the reviewers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Review records the broker acknowledged.
+    delivered: u64,
+    /// Review records that never reached Kafka.
+    lost: u64,
+    over_budget: u64,
+    retraining: u64,
+    dead_letters: u64,
+    joiner_pending: i64,
+    /// Reviews the reviewers could not read: never answered.
+    unreadable: u64,
+}
+
+impl Counts {
+    /// Reviews that reached an end: a retraining record or a dead letter.
+    fn resolved(&self) -> u64 {
+        self.retraining + self.dead_letters
+    }
+}
+
+/// Everything the demo started, until [`Running::stop`].
+struct Running {
+    config: Config,
+    bootstrap: String,
+    model: SocketAddr,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    metrics: Arc<Metrics>,
+    learner: Arc<Model>,
+    sink: Arc<ReviewSink>,
+    reviewers: Arc<ReviewerStats>,
+    stop: oneshot::Sender<()>,
+    joiner: JoinHandle<Result<(), join::JoinError>>,
+    reviewer_pool: JoinHandle<anyhow::Result<()>>,
+    trainer: JoinHandle<anyhow::Result<()>>,
+    proxy_server: JoinHandle<std::io::Result<()>>,
+    admin_server: JoinHandle<std::io::Result<()>>,
+    model_server: JoinHandle<()>,
+    /// Keeps the embedded broker alive.
+    _kafka: KafkaEndpoint,
+}
+
+/// What was left when the demo stopped.
+struct Stopped {
+    counts: Counts,
+    /// Review records still queued when the sink's flush ran out of time.
+    purged: usize,
+    reviewers: Arc<ReviewerStats>,
+}
+
+impl Running {
+    /// Starts the model server, the broker, the proxy, the admin server, the joiner, the
+    /// trainer and the reviewers. Dropping the result (an early error) stops them all.
+    async fn start(
+        options: &DemoOptions,
+        task: &Task,
+        learner: Arc<Model>,
+    ) -> anyhow::Result<Running> {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop = Shutdown::on(async {
+            let _ = stop_rx.await;
+        });
+        let model_listener = bind().await?;
+        let model = model_listener.local_addr()?;
+        let model_server = tokio::spawn(model::serve(
+            model_listener,
+            learner.clone(),
+            stop.clone().wait(),
+        ));
+
+        let config = demo_config(options, model);
+        let problems = config.validate();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "the demo's configuration is invalid: {}",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        let kafka = KafkaEndpoint::connect(&config)?;
+        let bootstrap = kafka.bootstrap.clone();
+        let metrics = Arc::new(Metrics::new());
+
+        // The production pieces: proxy, admin server, joiner.
+        let (proxy, sink) = app::build_proxy(&config, &bootstrap, metrics.clone()).await?;
+        let proxy_listener = bind().await?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let proxy_server = tokio::spawn(proxy::serve(proxy_listener, proxy, stop.clone().wait()));
+        let admin_listener = bind().await?;
+        let admin = admin_listener.local_addr()?;
+        let ready_sink = sink.clone();
+        let admin_server = tokio::spawn(admin::serve(
+            admin_listener,
+            metrics.clone(),
+            Arc::new(move || ready_sink.is_ready()),
+            stop.clone().wait(),
+        ));
+        let joiner = {
+            let (config, bootstrap, metrics, stop) = (
+                config.clone(),
+                bootstrap.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move { join::run(&config, &bootstrap, metrics, stop.wait()).await })
+        };
+
+        // The simulated parties around them.
+        let trainer = {
+            let (config, bootstrap, learner, stop) = (
+                config.clone(),
+                bootstrap.clone(),
+                learner.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(
+                async move { model::train(&config, &bootstrap, learner, stop.wait()).await },
+            )
+        };
+        let reviewers = Arc::new(ReviewerStats::default());
+        let reviewer_pool = {
+            let settings = ReviewerSettings {
+                count: options.reviewers,
+                accuracy: options.reviewer_accuracy,
+                delay: options.review_delay,
+                answers_per_review: options.answers_per_review as usize,
+                seed: options.seed,
+            };
+            let (config, bootstrap, stats, stop, task) = (
+                config.clone(),
+                bootstrap.clone(),
+                reviewers.clone(),
+                stop.clone(),
+                task.clone(),
+            );
+            tokio::spawn(async move {
+                reviewers::run(&config, &bootstrap, task, settings, stats, stop.wait()).await
+            })
+        };
+        Ok(Running {
+            config,
+            bootstrap,
+            model,
+            proxy: proxy_addr,
+            admin,
+            metrics,
+            learner,
+            sink,
+            reviewers,
+            stop: stop_tx,
+            joiner,
+            reviewer_pool,
+            trainer,
+            proxy_server,
+            admin_server,
+            model_server,
+            _kafka: kafka,
+        })
+    }
+
+    fn counts(&self) -> Counts {
+        read_counts(&self.metrics, &self.config, &self.reviewers)
+    }
+
+    /// The joiner, the reviewers and the trainer only end early when they fail.
+    fn failed(&self) -> bool {
+        self.joiner.is_finished() || self.reviewer_pool.is_finished() || self.trainer.is_finished()
+    }
+
+    /// Waits until the `reviewed` reviews the clients saw reached Kafka, were answered and
+    /// joined, and the model learned every retraining record; `false` after `timeout`.
+    async fn drain(&self, reviewed: u64, timeout: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            let counts = self.counts();
+            let learner = &self.learner;
+            if counts.delivered + counts.lost >= reviewed
+                && counts.resolved() + counts.unreadable >= counts.delivered
+                && learner.learned() + learner.rejected() >= counts.retraining
+            {
+                return true;
+            }
+            if self.failed() || started.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops everything, flushes the review sink, and reports the first failure.
+    async fn stop(self) -> anyhow::Result<Stopped> {
+        let Running {
+            config,
+            metrics,
+            sink,
+            reviewers,
+            stop,
+            joiner,
+            reviewer_pool,
+            trainer,
+            proxy_server,
+            admin_server,
+            model_server,
+            _kafka: kafka,
+            ..
+        } = self;
+        let _ = stop.send(());
+        let purged = sink.flush(config.server.shutdown_grace).await;
+        joiner
+            .await
+            .context("the joiner panicked")?
+            .context("the joiner failed")?;
+        reviewer_pool
+            .await
+            .context("the reviewers panicked")?
+            .context("the reviewers failed")?;
+        trainer
+            .await
+            .context("the trainer panicked")?
+            .context("the trainer failed")?;
+        proxy_server.await.context("the proxy panicked")??;
+        admin_server.await.context("the admin server panicked")??;
+        model_server.await.context("the model server panicked")?;
+        // Every client is gone: the broker can go.
+        drop(kafka);
+        Ok(Stopped {
+            counts: read_counts(&metrics, &config, &reviewers),
+            purged,
+            reviewers,
+        })
+    }
+}
+
+fn read_counts(metrics: &Metrics, config: &Config, reviewers: &ReviewerStats) -> Counts {
+    let skipped = |reason: &str| {
+        metrics
+            .reviews_skipped_total
+            .with_label_values(&[reason])
+            .get()
+    };
+    Counts {
+        delivered: metrics
+            .kafka_messages_total
+            .with_label_values(&[config.kafka.review_topic.as_str(), "delivered"])
+            .get(),
+        lost: skipped("queue_full") + skipped("kafka_error"),
+        over_budget: skipped("over_budget"),
+        retraining: metrics.retraining_records_total.get(),
+        dead_letters: ["invalid", "orphan", "expired", "no_agreement"]
+            .iter()
+            .map(|reason| {
+                metrics
+                    .dead_letters_total
+                    .with_label_values(&[reason])
+                    .get()
+            })
+            .sum(),
+        joiner_pending: metrics.reviews_pending.get(),
+        unreadable: reviewers.unreadable.load(Ordering::Relaxed),
+    }
+}
+
 async fn bind() -> anyhow::Result<TcpListener> {
     TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("cannot listen on 127.0.0.1")
 }
 
-/// Where the demo's servers listen.
-struct Addresses<'a> {
-    bootstrap: &'a str,
-    model: SocketAddr,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-}
-
 fn write_banner(
     out: &mut (dyn Write + Send),
     options: &DemoOptions,
-    config: &Config,
-    addresses: &Addresses<'_>,
+    running: &Running,
     before: Evaluation,
 ) -> std::io::Result<()> {
-    let Addresses {
+    let Running {
+        config,
         bootstrap,
         model,
         proxy,
         admin,
-    } = *addresses;
+        ..
+    } = running;
     let kafka = &config.kafka;
     let length = if options.serve {
         "until Ctrl-C".to_owned()
