@@ -527,10 +527,12 @@ impl Running {
         proxy_server.await.context("the proxy panicked")??;
         admin_server.await.context("the admin server panicked")??;
         model_server.await.context("the model server panicked")?;
-        // Every client is gone: the broker can go.
+        let counts = read_counts(&metrics, &config, &reviewers);
+        // The last client, then the broker: a producer outliving it would log it as down.
+        drop(sink);
         drop(kafka);
         Ok(Stopped {
-            counts: read_counts(&metrics, &config, &reviewers),
+            counts,
             purged,
             reviewers,
         })
