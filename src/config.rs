@@ -453,6 +453,12 @@ impl Config {
                         quoted(name),
                         "required when kind = \"sagemaker\"",
                     );
+                } else if !is_sagemaker_name(name) {
+                    bad(
+                        "upstream.endpoint_name",
+                        quoted(name),
+                        "must be 1-63 letters, digits and inner hyphens (a SageMaker endpoint name)",
+                    );
                 }
                 if let Some(url) = &u.endpoint_url
                     && let Err(message) = check_http_url(url)
@@ -660,15 +666,35 @@ fn check_decision(
             "not a valid HTTP header name",
         );
     }
-    if let Some(path) = &review.conditions_file
-        && !path.is_file()
-    {
-        bad(
-            "review.conditions_file",
-            quoted(&path.display().to_string()),
-            "no such file",
-        );
+    if let Some(path) = &review.conditions_file {
+        let shown = quoted(&path.display().to_string());
+        match std::fs::read(path) {
+            Err(_) if !path.is_file() => bad("review.conditions_file", shown, "no such file"),
+            Err(e) => bad(
+                "review.conditions_file",
+                shown,
+                &format!("cannot read: {e}"),
+            ),
+            // Each problem of the file, by its JSON path (`$.Conditions[1].And[0]: …`).
+            Ok(text) => {
+                for problem in crate::conditions::parse(&text).err().unwrap_or_default() {
+                    bad(
+                        "review.conditions_file",
+                        shown.clone(),
+                        &problem.to_string(),
+                    );
+                }
+            }
+        }
     }
+}
+
+/// SageMaker's endpoint name pattern, `^[a-zA-Z0-9](-*[a-zA-Z0-9])*$`, at most 63 characters.
+fn is_sagemaker_name(name: &str) -> bool {
+    name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
@@ -1090,8 +1116,39 @@ mod tests {
             problem_keys(err),
             ["upstream.endpoint_name", "confidence.expression"]
         );
+        let err = load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my_endpoint\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("SageMaker endpoint name"), "{err}");
+        load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my-endpoint-2\"\n").unwrap();
         let err = load("[confidence]\npreset = \"jmespath\"\nexpression = \"a[\"\n").unwrap_err();
         assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
+    }
+
+    #[test]
+    fn a_conditions_file_is_checked_with_the_json_path_of_each_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conditions.json");
+        std::fs::write(
+            &file,
+            r#"{"Conditions": [{"ConditionType": "Sampling", "ConditionParameters": {"RandomSamplingPercentage": 0}}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[review]\nconditions_file = {:?}\n",
+            file.display().to_string()
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(problem_keys(err), ["review.conditions_file"]);
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("$.Conditions[0].ConditionParameters.RandomSamplingPercentage"),
+            "{err}"
+        );
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/conditions.example.json"
+        );
+        assert!(load(&format!("[review]\nconditions_file = {example:?}\n")).is_ok());
     }
 
     #[test]
