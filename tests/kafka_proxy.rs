@@ -113,13 +113,13 @@ fn latency(label: &str, mut times: Vec<Duration>) {
     );
 }
 
+/// A phase of load: its name, how many requests, and what to do before them.
+type Phase<'a> = (&'a str, usize, Box<dyn FnOnce() + 'a>);
+
 /// A steady stream of inferences, every other one low-confidence (diverted), through `phases`
 /// (name, requests, what to do first). Asserts each answer is the model's, untouched, and
 /// returns the ids of the diverted ones.
-async fn steady_load(
-    app: &TestApp,
-    phases: Vec<(&str, usize, Box<dyn FnOnce() + '_>)>,
-) -> Vec<String> {
+async fn steady_load(app: &TestApp, phases: Vec<Phase<'_>>) -> Vec<String> {
     let client = client();
     let mut diverted = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(2));
