@@ -3,28 +3,15 @@
 //!
 //! `cargo bench --bench decision -- --quick` runs it briefly; a ratio table closes the run.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use reviewloop::config::Config;
 use reviewloop::decision::{Decider, DecisionInput};
 use reviewloop::route::DEFAULT_ROUTE;
 use serde_json::{Value, json};
-
-/// Per benchmark, the time per iteration of each criterion sample.
-static SAMPLES: Mutex<BTreeMap<(String, String), Vec<f64>>> = Mutex::new(BTreeMap::new());
-
-fn record(case: &str, what: &str, per_iteration: Duration) {
-    SAMPLES
-        .lock()
-        .unwrap()
-        .entry((case.to_owned(), what.to_owned()))
-        .or_default()
-        .push(per_iteration.as_secs_f64());
-}
 
 /// A Hugging Face batch: every input with all labels' scores.
 fn huggingface(target: usize) -> Vec<u8> {
@@ -150,6 +137,7 @@ fn benches(c: &mut Criterion) {
         for (size_name, size) in [("1KB", 1024), ("100KB", 100 * 1024)] {
             let body = shape(size);
             let case = format!("{name}/{size_name}");
+            CASES.with(|cases| cases.borrow_mut().push((name, size_name)));
             let input = DecisionInput {
                 route: DEFAULT_ROUTE,
                 id: "0192a6c1-7a4e-7cc3-9e0f-53c7b5a4b1d2",
@@ -166,63 +154,59 @@ fn benches(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new("parse-json", size_name),
                 &body,
-                |b, body| {
-                    b.iter_custom(|iters| {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            black_box(parse_only(black_box(body)));
-                        }
-                        let elapsed = start.elapsed();
-                        record(&case, "parse", elapsed / iters.max(1) as u32);
-                        elapsed
-                    })
-                },
+                |b, body| b.iter(|| parse_only(black_box(body))),
             );
             group.bench_with_input(BenchmarkId::new("decide", size_name), &input, |b, input| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(decider.decide(black_box(input), start));
-                    }
-                    let elapsed = start.elapsed();
-                    record(&case, "decide", elapsed / iters.max(1) as u32);
-                    elapsed
-                })
+                let now = Instant::now();
+                b.iter(|| decider.decide(black_box(input), now))
             });
         }
         group.finish();
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+thread_local! {
+    /// The (group, size) pairs benchmarked, in order, for the closing table.
+    static CASES: std::cell::RefCell<Vec<(&'static str, &'static str)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn print_ratios() {
-    let mut samples = SAMPLES.lock().unwrap();
-    let cases: Vec<String> = samples
-        .keys()
-        .map(|(case, _)| case.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    println!("\nextraction + decision vs. parsing the same bytes (medians of criterion's samples)");
+/// Where criterion keeps its results, as it decides by default (so `target/criterion` holds the
+/// usual reports), made explicit so the summary below can read them back.
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        PathBuf::from(home)
+    } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        Path::new(&target).join("criterion")
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
+    }
+}
+
+/// Criterion's median estimate of one benchmark in this run, in seconds.
+fn median(dir: &Path, group: &str, function: &str, size: &str) -> Option<f64> {
+    let path = dir
+        .join(group)
+        .join(function)
+        .join(size)
+        .join("new/estimates.json");
+    let estimates: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(estimates["median"]["point_estimate"].as_f64()? * 1e-9)
+}
+
+fn print_ratios(dir: &Path) {
+    println!("\nextraction + decision vs. parsing the same bytes (criterion's medians, this run)");
     println!(
         "{:<24} {:>12} {:>12} {:>8}",
         "case", "parse-json", "decide", "ratio"
     );
-    for case in cases {
-        let parse = samples
-            .get_mut(&(case.clone(), "parse".into()))
-            .map(|v| median(v));
-        let decide = samples
-            .get_mut(&(case.clone(), "decide".into()))
-            .map(|v| median(v));
+    for (group, size) in CASES.with(|cases| cases.borrow().clone()) {
+        let parse = median(dir, group, "parse-json", size);
+        let decide = median(dir, group, "decide", size);
         if let (Some(parse), Some(decide)) = (parse, decide) {
             println!(
                 "{:<24} {:>10.1}µs {:>10.1}µs {:>7.2}×",
-                case,
+                format!("{group}/{size}"),
                 parse * 1e6,
                 decide * 1e6,
                 decide / parse
@@ -232,8 +216,11 @@ fn print_ratios() {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
+    let dir = criterion_dir();
+    let mut criterion = Criterion::default()
+        .output_directory(&dir)
+        .configure_from_args();
     benches(&mut criterion);
     criterion.final_summary();
-    print_ratios();
+    print_ratios(&dir);
 }

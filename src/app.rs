@@ -80,9 +80,8 @@ pub struct KafkaEndpoint {
 
 impl KafkaEndpoint {
     /// Starts the embedded broker when `brokers = "embedded"`; otherwise just names the brokers.
-    ///
-    /// The embedded broker (librdkafka's mock cluster) cannot create topics on request, so it
-    /// starts with reviewloop's four topics and the joiner's state topic.
+    /// The embedded broker gets every topic up front, the joiner's state topic included (the
+    /// mock cluster cannot create topics through the admin API).
     pub fn connect(config: &Config) -> anyhow::Result<KafkaEndpoint> {
         let kafka_config = &config.kafka;
         if !kafka_config.is_embedded() {
@@ -132,6 +131,17 @@ pub async fn build_proxy(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
     let upstream = Upstream::from_config(&config.upstream).await?;
+    build_proxy_on(config, upstream, bootstrap, metrics)
+}
+
+/// [`build_proxy`] with an upstream the caller built (e.g. a SageMaker client whose
+/// credentials do not come from the process environment).
+pub fn build_proxy_on(
+    config: &Config,
+    upstream: Upstream,
+    bootstrap: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
     let decider = Decider::new(config)?;
     let sink = Arc::new(ReviewSink::new(&config.kafka, bootstrap, metrics.clone())?);
     let proxy = Proxy::new(

@@ -201,6 +201,9 @@ pub enum Delivery {
     Sync,
 }
 
+/// librdkafka's upper bound for `queue.buffering.max.messages`.
+const MAX_QUEUE_CAPACITY: usize = 2_147_483_647;
+
 /// The value of `kafka.brokers` that starts an in-process broker.
 pub const EMBEDDED_BROKERS: &str = "embedded";
 
@@ -213,12 +216,19 @@ pub struct KafkaConfig {
     pub retraining_topic: String,
     pub dead_letter_topic: String,
     pub delivery: Delivery,
-    /// Records waiting for the broker, at most; above it a record is skipped (`queue_full`).
+    /// Review records not yet acked by the broker (queued, in flight or retried), at most;
+    /// above it a record is skipped (`reviews_skipped_total{reason="queue_full"}`). Sets
+    /// librdkafka's `queue.buffering.max.messages`; that option in `kafka.options` wins.
     pub queue_capacity: usize,
-    /// `delivery = "sync"`: how long a response waits for the ack before it is sent anyway.
+    /// `delivery = "sync"`: how long a response waits for the ack before it is sent anyway
+    /// (the record stays queued and may still be delivered).
     #[serde(with = "duration")]
     pub ack_timeout: Duration,
-    /// Create missing topics at startup (when the broker allows it).
+    /// At startup, create whichever of the four topics is missing, with `topic_partitions` and
+    /// `topic_replication`. Missing topics are an error either way when the broker refuses
+    /// (no permission, or no CreateTopics support); the proxy logs it and keeps serving.
+    /// On by default so that `reviewloop demo` and a fresh cluster work at once; turn it off
+    /// where topics are provisioned by other means.
     pub create_topics: bool,
     /// Partitions of topics created at startup.
     pub topic_partitions: i32,
@@ -492,8 +502,8 @@ impl Config {
         more(
             "kafka.queue_capacity",
             k.queue_capacity.to_string(),
-            k.queue_capacity >= 1,
-            "must be at least 1",
+            (1..=MAX_QUEUE_CAPACITY).contains(&k.queue_capacity),
+            "must be between 1 and 2147483647 (librdkafka's queue.buffering.max.messages)",
         );
         more(
             "kafka.ack_timeout",
@@ -1149,6 +1159,21 @@ mod tests {
         assert_eq!(config.join.orphan_timeout, Duration::from_secs(90));
         let err = load("[server]\nshutdown_grace = \"soon\"\n").unwrap_err();
         assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn kafka_queue_capacity_stays_within_librdkafkas_range() {
+        assert_eq!(
+            load("[kafka]\nqueue_capacity = 1\n")
+                .unwrap()
+                .kafka
+                .queue_capacity,
+            1
+        );
+        for bad in ["0", "2147483648"] {
+            let err = load(&format!("[kafka]\nqueue_capacity = {bad}\n")).unwrap_err();
+            assert_eq!(problem_keys(err), ["kafka.queue_capacity"], "{bad}");
+        }
     }
 
     #[test]

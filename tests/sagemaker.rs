@@ -4,6 +4,9 @@
 //! errors, timeouts, response streams), against an in-test server that answers in SageMaker's
 //! wire format, decoded by the real SDK. No test talks to AWS; credentials are dummies.
 
+mod common;
+mod kafka_support;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -772,4 +775,236 @@ async fn a_stream_failing_midway_sends_an_error_event_then_breaks() {
         matches!(next_data(&mut body).await, Some(Err(_))),
         "the body ends in an error"
     );
+}
+
+// ---- Through the proxy: the same data plane as for HTTP upstreams ----
+
+/// The proxy (`proxy::serve`, in-process on loopback) in front of a SageMaker upstream.
+async fn proxy_in_front_of(upstream: UpstreamConfig) -> common::TestProxy {
+    let mut config = common::config_for("127.0.0.1:9".parse().unwrap());
+    config.upstream = upstream;
+    let sagemaker = Upstream::Sagemaker(sagemaker(&config.upstream));
+    let hook = Arc::new(common::RecordingHook::default());
+    common::spawn_proxy_on(config, sagemaker, hook.clone(), hook).await
+}
+
+async fn send(proxy: &common::TestProxy, request: Request<Body>) -> Answer {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = proxy.url(parts.uri.path()).parse().unwrap();
+    let response = common::client()
+        .request(Request::from_parts(parts, body))
+        .await
+        .expect("the proxy answers");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn through_the_proxy_the_canned_result_is_byte_identical_and_recorded_with_its_model() {
+    let moto = Moto::start().await;
+    let canned = r#"[{"label":"cat","score":0.4}]"#;
+    moto.queue_results(json!([{
+        "Body": canned,
+        "ContentType": "application/json",
+        "InvokedProductionVariant": "variant-blue",
+        "CustomAttributes": "trace=7",
+    }]))
+    .await;
+    let proxy = proxy_in_front_of(upstream_config(&moto.endpoint)).await;
+
+    let answer = send(
+        &proxy,
+        post(
+            "/invocations",
+            &[
+                ("content-type", "application/json"),
+                ("x-amzn-sagemaker-inference-id", "inference-42"),
+                ("x-amzn-sagemaker-target-model", "cats.tar.gz"),
+            ],
+            r#"{"inputs":"a photo"}"#,
+        ),
+    )
+    .await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, canned.as_bytes());
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(
+        answer.header("x-amzn-invoked-production-variant"),
+        Some("variant-blue")
+    );
+    assert_eq!(
+        answer.header("x-amzn-sagemaker-custom-attributes"),
+        Some("trace=7")
+    );
+    assert_eq!(
+        answer.header("x-reviewloop-id"),
+        Some("inference-42"),
+        "the id honours Inference-Id"
+    );
+
+    let exchanges = proxy.hook.taken();
+    assert_eq!(exchanges.len(), 1);
+    let exchange = &exchanges[0];
+    assert_eq!(exchange.id, "inference-42");
+    assert_eq!(exchange.model.variant.as_deref(), Some("variant-blue"));
+    assert_eq!(exchange.model.target_model.as_deref(), Some("cats.tar.gz"));
+    assert_eq!(&exchange.request.body[..], br#"{"inputs":"a photo"}"#);
+    assert_eq!(&exchange.response.body[..], canned.as_bytes());
+}
+
+#[tokio::test]
+async fn through_the_proxy_errors_are_json_with_the_documented_status() {
+    let model_error = json!({
+        "message": "Received client error (400) from primary",
+        "OriginalStatusCode": 400,
+        "OriginalMessage": "bad tensor shape",
+    });
+    let handler: Handler = Arc::new(move |_| {
+        let answer = error_answer(424, "ModelError", model_error.clone());
+        Box::pin(async move { answer })
+    });
+    let (url, _) = fake_runtime(handler).await;
+    let proxy = proxy_in_front_of(upstream_config(&url)).await;
+
+    let answer = send(
+        &proxy,
+        post("/invocations", &[("x-request-id", "req-1")], "{}"),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FAILED_DEPENDENCY);
+    let body: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "model_error", "message": "bad tensor shape", "id": "req-1", "original_status": 400})
+    );
+
+    let too_large = send(
+        &proxy,
+        post("/invocations", &[], vec![b'a'; 6 * 1024 * 1024 + 1]),
+    )
+    .await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = serde_json::from_slice(&too_large.body).unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+
+    let ping = send(&proxy, request(Method::GET, "/ping", &[], "")).await;
+    assert_eq!(ping.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn through_the_proxy_a_response_stream_arrives_event_by_event() {
+    let (url, frames) = streaming_runtime("application/jsonlines").await;
+    let proxy = proxy_in_front_of(UpstreamConfig {
+        response_stream: true,
+        ..upstream_config(&url)
+    })
+    .await;
+    let request = Request::post(proxy.url("/invocations"))
+        .body(full_body(r#"{"inputs":"Hi"}"#))
+        .unwrap();
+    let call = tokio::spawn(common::client().request(request));
+    let frames = frames.await.unwrap();
+    frames
+        .send(payload_part(b"{\"token\":\"Hel\"}\n"))
+        .await
+        .unwrap();
+    let response = call.await.unwrap().expect("the proxy answers");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body().map_err(BoxError::from).boxed_unsync();
+    let first = next_data(&mut body).await.unwrap().unwrap();
+    assert_eq!(
+        &first[..],
+        b"data: {\"token\":\"Hel\"}\n\n",
+        "sent before the stream ends"
+    );
+    frames
+        .send(payload_part(b"{\"token\":\"lo\"}\n"))
+        .await
+        .unwrap();
+    drop(frames);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"data: {\"token\":\"lo\"}\n\n");
+
+    // The decision on a stream is made at its end, with the whole stream as the response.
+    let exchange = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(exchange) = proxy.hook.taken().pop() {
+                return exchange;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the streamed exchange reaches the review hook");
+    assert!(exchange.streamed);
+    assert_eq!(exchange.model.variant.as_deref(), Some("variant-llm"));
+    assert_eq!(
+        &exchange.response.body[..],
+        b"data: {\"token\":\"Hel\"}\n\ndata: {\"token\":\"lo\"}\n\n"
+    );
+}
+
+#[tokio::test]
+async fn a_low_confidence_sagemaker_result_is_diverted_with_its_variant() {
+    let moto = Moto::start().await;
+    let canned = r#"[{"label":"cat","score":0.4}]"#;
+    moto.queue_results(json!([{
+        "Body": canned,
+        "ContentType": "application/json",
+        "InvokedProductionVariant": "variant-blue",
+    }]))
+    .await;
+    let mut config = common::config_for("127.0.0.1:9".parse().unwrap());
+    config.upstream = upstream_config(&moto.endpoint);
+    config.review.sample_percent = 0.0; // only the confidence decides
+    let upstream = Upstream::Sagemaker(sagemaker(&config.upstream));
+    let app = common::spawn_app_on(config, upstream).await;
+
+    let (parts, body) = common::send(
+        Request::post(app.url("/invocations"))
+            .header("content-type", "application/json")
+            .header("x-amzn-sagemaker-target-model", "cats.tar.gz")
+            .body(full_body(r#"{"inputs":"a photo"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, canned.as_bytes());
+    assert_eq!(parts.headers["x-reviewloop-review"], "low_confidence");
+    let id = parts.headers["x-reviewloop-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let messages = kafka_support::consume(
+        &app.bootstrap,
+        &app.config.kafka.review_topic,
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(messages.len(), 1);
+    let payload = rdkafka::Message::payload(&messages[0]).unwrap();
+    let record: Value = serde_json::from_slice(payload).unwrap();
+    let validator = kafka_support::schema("review");
+    assert!(
+        kafka_support::schema_errors(&validator, &record).is_empty(),
+        "{record}"
+    );
+    assert_eq!(record["id"], id);
+    assert_eq!(record["reasons"], json!(["low_confidence"]));
+    assert_eq!(record["confidence"], 0.4);
+    assert_eq!(
+        record["model"],
+        json!({"target_model": "cats.tar.gz", "variant": "variant-blue"})
+    );
+    assert_eq!(
+        record["response"]["body"],
+        serde_json::from_str::<Value>(canned).unwrap()
+    );
+    assert_eq!(record["request"]["body"], json!({"inputs": "a photo"}));
 }

@@ -100,11 +100,14 @@ fn hf_list(items: &[Value]) -> Option<f64> {
 /// label of each of several inputs. Distinct labels whose scores sum to at most 1 are one
 /// distribution (max); otherwise each item is an instance (min).
 fn label_scores(items: &[Value]) -> Option<f64> {
-    let mut labels: Vec<&Value> = items.iter().filter_map(|i| i.get("label")).collect();
+    let mut labels: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i.get("label").and_then(Value::as_str))
+        .collect();
     let count = labels.len();
-    labels.sort_by_key(|l| l.to_string());
+    labels.sort_unstable();
     labels.dedup();
-    let distinct = labels.len() == count;
+    let distinct = count == items.len() && labels.len() == count;
     let sum: f64 = scores(items, "score").map(|s| s.unwrap_or(f64::NAN)).sum();
     if distinct && sum <= 1.0 + 1e-3 {
         max_of(scores(items, "score"))
@@ -337,11 +340,13 @@ fn tfserving(doc: &Document<'_>) -> Option<f64> {
 
 fn kserve_v2(doc: &Document<'_>) -> Option<f64> {
     let outputs = doc.json()?.get("outputs")?.as_array()?;
-    let readable: Vec<&Value> = outputs
+    // Float tensors holding only probabilities; one named like one is preferred.
+    let readable: Vec<(&Value, Vec<f64>)> = outputs
         .iter()
-        .filter(|out| is_float_tensor(out) && tensor_data(out).is_some())
+        .filter(|out| is_float_tensor(out))
+        .filter_map(|out| Some((out, tensor_data(out)?)))
         .collect();
-    let named = |out: &&Value| {
+    let named = |out: &Value| {
         let name = out
             .get("name")
             .and_then(Value::as_str)
@@ -351,11 +356,11 @@ fn kserve_v2(doc: &Document<'_>) -> Option<f64> {
             .iter()
             .any(|hint| name.contains(hint))
     };
-    let chosen = readable
+    let (out, data) = readable
         .iter()
-        .find(|out| named(out))
+        .find(|(out, _)| named(out))
         .or_else(|| readable.first())?;
-    tensor_confidence(chosen)
+    tensor_confidence(out, data)
 }
 
 fn is_float_tensor(out: &Value) -> bool {
@@ -389,8 +394,7 @@ fn tensor_data(out: &Value) -> Option<Vec<f64>> {
 
 /// Rows are all axes but the last; the last axis holds a row's class probabilities (size 1: a
 /// binary probability). A `shape` that does not match the data is not guessed at.
-fn tensor_confidence(out: &Value) -> Option<f64> {
-    let data = tensor_data(out)?;
+fn tensor_confidence(out: &Value, data: &[f64]) -> Option<f64> {
     let shape: Vec<u64> = match out.get("shape") {
         Some(Value::Array(dims)) => dims.iter().map(Value::as_u64).collect::<Option<_>>()?,
         _ => vec![data.len() as u64],

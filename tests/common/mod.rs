@@ -98,8 +98,18 @@ pub async fn spawn_proxy_with(
     hook: Arc<dyn ExchangeHook>,
     recording: Arc<RecordingHook>,
 ) -> TestProxy {
-    let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::from_config(&config.upstream).await.unwrap();
+    spawn_proxy_on(config, upstream, hook, recording).await
+}
+
+/// [`spawn_proxy_with`] in front of an upstream built by the test.
+pub async fn spawn_proxy_on(
+    config: Config,
+    upstream: Upstream,
+    hook: Arc<dyn ExchangeHook>,
+    recording: Arc<RecordingHook>,
+) -> TestProxy {
+    let metrics = Arc::new(Metrics::new());
     let proxy = Proxy::new(
         ProxySettings::from_config(&config),
         upstream,
@@ -201,15 +211,21 @@ impl Drop for TestApp {
 }
 
 /// Starts the whole proxy with `config.kafka.brokers = "embedded"` unless it names brokers.
-pub async fn spawn_app(mut config: Config) -> TestApp {
+pub async fn spawn_app(config: Config) -> TestApp {
+    let upstream = Upstream::from_config(&config.upstream).await.unwrap();
+    spawn_app_on(config, upstream).await
+}
+
+/// [`spawn_app`] in front of an upstream built by the test.
+pub async fn spawn_app_on(mut config: Config, upstream: Upstream) -> TestApp {
     if config.kafka.brokers == Config::default().kafka.brokers {
         config.kafka.brokers = "embedded".into();
     }
     let kafka = reviewloop::app::KafkaEndpoint::connect(&config).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (proxy, sink) = reviewloop::app::build_proxy(&config, &kafka.bootstrap, metrics.clone())
-        .await
-        .unwrap();
+    let (proxy, sink) =
+        reviewloop::app::build_proxy_on(&config, upstream, &kafka.bootstrap, metrics.clone())
+            .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
