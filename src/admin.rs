@@ -1,1 +1,89 @@
 //! The admin server: `/metrics`, `/healthz`, `/readyz`, never on the data port.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::upstream::{Body, full_body};
+
+/// Whether the process is ready for traffic (listening, and Kafka metadata fetched).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    info!(address = %listener.local_addr()?, "admin listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let metrics = metrics.clone();
+                let ready = ready.clone();
+                let service = service_fn(move |request| {
+                    let response = answer(&request, &metrics, &ready);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                tokio::spawn(async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                        debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+fn answer(request: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Body> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut response = Response::new(full_body(metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if ready() {
+                plain(StatusCode::OK, "ready\n")
+            } else {
+                warn!("readiness probe: not ready");
+                plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz\n",
+        ),
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full_body(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -201,6 +201,9 @@ pub enum Delivery {
     Sync,
 }
 
+/// librdkafka's upper bound for `queue.buffering.max.messages`.
+const MAX_QUEUE_CAPACITY: usize = 2_147_483_647;
+
 /// The value of `kafka.brokers` that starts an in-process broker.
 pub const EMBEDDED_BROKERS: &str = "embedded";
 
@@ -213,12 +216,19 @@ pub struct KafkaConfig {
     pub retraining_topic: String,
     pub dead_letter_topic: String,
     pub delivery: Delivery,
-    /// Records waiting for the broker, at most; above it a record is skipped (`queue_full`).
+    /// Review records not yet acked by the broker (queued, in flight or retried), at most;
+    /// above it a record is skipped (`reviews_skipped_total{reason="queue_full"}`). Sets
+    /// librdkafka's `queue.buffering.max.messages`; that option in `kafka.options` wins.
     pub queue_capacity: usize,
-    /// `delivery = "sync"`: how long a response waits for the ack before it is sent anyway.
+    /// `delivery = "sync"`: how long a response waits for the ack before it is sent anyway
+    /// (the record stays queued and may still be delivered).
     #[serde(with = "duration")]
     pub ack_timeout: Duration,
-    /// Create missing topics at startup (when the broker allows it).
+    /// At startup, create whichever of the four topics is missing, with `topic_partitions` and
+    /// `topic_replication`. Missing topics are an error either way when the broker refuses
+    /// (no permission, or no CreateTopics support); the proxy logs it and keeps serving.
+    /// On by default so that `reviewloop demo` and a fresh cluster work at once; turn it off
+    /// where topics are provisioned by other means.
     pub create_topics: bool,
     /// Partitions of topics created at startup.
     pub topic_partitions: i32,
@@ -443,6 +453,12 @@ impl Config {
                         quoted(name),
                         "required when kind = \"sagemaker\"",
                     );
+                } else if !is_sagemaker_name(name) {
+                    bad(
+                        "upstream.endpoint_name",
+                        quoted(name),
+                        "must be 1-63 letters, digits and inner hyphens (a SageMaker endpoint name)",
+                    );
                 }
                 if let Some(url) = &u.endpoint_url
                     && let Err(message) = check_http_url(url)
@@ -486,8 +502,8 @@ impl Config {
         more(
             "kafka.queue_capacity",
             k.queue_capacity.to_string(),
-            k.queue_capacity >= 1,
-            "must be at least 1",
+            (1..=MAX_QUEUE_CAPACITY).contains(&k.queue_capacity),
+            "must be between 1 and 2147483647 (librdkafka's queue.buffering.max.messages)",
         );
         more(
             "kafka.ack_timeout",
@@ -650,15 +666,35 @@ fn check_decision(
             "not a valid HTTP header name",
         );
     }
-    if let Some(path) = &review.conditions_file
-        && !path.is_file()
-    {
-        bad(
-            "review.conditions_file",
-            quoted(&path.display().to_string()),
-            "no such file",
-        );
+    if let Some(path) = &review.conditions_file {
+        let shown = quoted(&path.display().to_string());
+        match std::fs::read(path) {
+            Err(_) if !path.is_file() => bad("review.conditions_file", shown, "no such file"),
+            Err(e) => bad(
+                "review.conditions_file",
+                shown,
+                &format!("cannot read: {e}"),
+            ),
+            // Each problem of the file, by its JSON path (`$.Conditions[1].And[0]: …`).
+            Ok(text) => {
+                for problem in crate::conditions::parse(&text).err().unwrap_or_default() {
+                    bad(
+                        "review.conditions_file",
+                        shown.clone(),
+                        &problem.to_string(),
+                    );
+                }
+            }
+        }
     }
+}
+
+/// SageMaker's endpoint name pattern, `^[a-zA-Z0-9](-*[a-zA-Z0-9])*$`, at most 63 characters.
+fn is_sagemaker_name(name: &str) -> bool {
+    name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
@@ -1080,8 +1116,39 @@ mod tests {
             problem_keys(err),
             ["upstream.endpoint_name", "confidence.expression"]
         );
+        let err = load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my_endpoint\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("SageMaker endpoint name"), "{err}");
+        load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my-endpoint-2\"\n").unwrap();
         let err = load("[confidence]\npreset = \"jmespath\"\nexpression = \"a[\"\n").unwrap_err();
         assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
+    }
+
+    #[test]
+    fn a_conditions_file_is_checked_with_the_json_path_of_each_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conditions.json");
+        std::fs::write(
+            &file,
+            r#"{"Conditions": [{"ConditionType": "Sampling", "ConditionParameters": {"RandomSamplingPercentage": 0}}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[review]\nconditions_file = {:?}\n",
+            file.display().to_string()
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(problem_keys(err), ["review.conditions_file"]);
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("$.Conditions[0].ConditionParameters.RandomSamplingPercentage"),
+            "{err}"
+        );
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/conditions.example.json"
+        );
+        assert!(load(&format!("[review]\nconditions_file = {example:?}\n")).is_ok());
     }
 
     #[test]
@@ -1092,6 +1159,21 @@ mod tests {
         assert_eq!(config.join.orphan_timeout, Duration::from_secs(90));
         let err = load("[server]\nshutdown_grace = \"soon\"\n").unwrap_err();
         assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn kafka_queue_capacity_stays_within_librdkafkas_range() {
+        assert_eq!(
+            load("[kafka]\nqueue_capacity = 1\n")
+                .unwrap()
+                .kafka
+                .queue_capacity,
+            1
+        );
+        for bad in ["0", "2147483648"] {
+            let err = load(&format!("[kafka]\nqueue_capacity = {bad}\n")).unwrap_err();
+            assert_eq!(problem_keys(err), ["kafka.queue_capacity"], "{bad}");
+        }
     }
 
     #[test]

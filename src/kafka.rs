@@ -1,5 +1,12 @@
 //! Kafka plumbing shared by the proxy's review sink and the joiner: client configuration,
-//! the embedded broker (`kafka.brokers = "embedded"`), and CloudEvents record headers.
+//! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, the startup
+//! topic check ([`ensure_topics`]) and the review sink ([`ReviewSink`]).
+
+mod sink;
+mod topics;
+
+pub use sink::{ReviewSink, SinkError};
+pub use topics::{TopicsReport, ensure_topics, topic_names};
 
 use std::sync::mpsc;
 use std::thread;
@@ -20,6 +27,21 @@ pub const CE_DEAD_LETTER: &str = "reviewloop.dead-letter";
 pub enum KafkaError {
     #[error("cannot start the embedded broker: {0}")]
     Embedded(String),
+    /// A client could not be created from the configuration (e.g. a bad `[kafka.options]`).
+    #[error("{0}")]
+    Config(String),
+    #[error("Kafka brokers at {bootstrap} are unreachable: {source}")]
+    Unreachable {
+        bootstrap: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "Kafka topics missing: {}; create them or set kafka.create_topics = true",
+        .0.join(", ")
+    )]
+    MissingTopics(Vec<String>),
+    #[error("the broker refused to create Kafka topics: {}", .0.join(", "))]
+    CreateTopics(Vec<String>),
     #[error(transparent)]
     Client(#[from] rdkafka::error::KafkaError),
 }
@@ -117,6 +139,12 @@ impl EmbeddedBroker {
             .recv()
             .map_err(|_| KafkaError::Embedded("the broker thread exited".into()))?
             .map_err(KafkaError::Embedded)?;
+        // The commands log the address at info level (app.rs); this is for library users.
+        tracing::debug!(
+            bootstrap = %bootstrap,
+            "embedded Kafka broker (librdkafka's mock cluster) listening on loopback; \
+             point kcat or any Kafka client at it, e.g. kcat -b {bootstrap} -L"
+        );
         Ok(EmbeddedBroker {
             bootstrap,
             stop: Some(stop_tx),

@@ -1,7 +1,5 @@
 //! The `reviewloop` binary: parses arguments, starts tracing, loads the config, runs, and maps
 //! failures to exit codes (64 bad config, 1 startup or runtime failure).
-//!
-//! Minimal wiring of `join` on the joiner's branch; the full command set lives on main.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +7,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use reviewloop::app;
 use reviewloop::config::Config;
+use reviewloop::demo::{self, DemoOptions};
 use reviewloop::telemetry::{self, LogFormat};
 
+/// sysexits.h EX_CONFIG-ish: the configuration is wrong (EX_USAGE = 64).
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "reviewloop", version)]
+#[command(
+    name = "reviewloop",
+    version,
+    about = "Human review loop for ML inference: a streaming sidecar proxy, a Kafka review joiner, metrics."
+)]
 struct Cli {
     /// Log line format on stderr (the filter is RUST_LOG, default "info").
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -25,25 +29,85 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the sidecar proxy (data plane) and its admin server.
+    Proxy {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the review joiner (a consumer group member; scale out with more processes).
     Join {
         /// TOML config file; built-in defaults apply when omitted.
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the proxy and the joiner in one process.
+    Run {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Everything in one process — embedded Kafka, a model that learns from reviews, simulated
+    /// reviewers and traffic — with a live table; nothing to install.
+    Demo(DemoOptions),
+    /// Validate a config file and print the effective configuration (exit 0, or 64 if bad).
+    CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let Command::Join { config } = cli.command;
-    let config = match Config::load(config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("reviewloop: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+    // The demo's table is the output: logs only for warnings unless RUST_LOG asks.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
     };
+    telemetry::init_with_default(cli.log_format, default_filter);
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+            Ok(config) => {
+                print!("{}", config.to_redacted_toml());
+                eprintln!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Proxy { config } => match load(config) {
+            Ok(config) => run(app::run_proxy(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+        Command::Join { config } => match load(config) {
+            Ok(config) => run(app::run_join(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+        Command::Demo(options) => {
+            let problems = options.validate();
+            if !problems.is_empty() {
+                eprintln!("reviewloop: {}", demo::OptionsError(problems));
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            run(async move {
+                demo::run(options, &mut std::io::stdout(), app::shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Run { config } => match load(config) {
+            Ok(config) => run(app::run_all(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref()).map_err(|e| {
+        eprintln!("reviewloop: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn run(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -51,7 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run_join(config, app::shutdown_signal())) {
+    match runtime.block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "reviewloop failed");

@@ -1,2 +1,507 @@
 //! The data plane: accepts clients (HTTP/1.1 and h2c), forwards to the upstream, streams the
 //! response back unchanged while capturing it for the review hook, and maps failures to answers.
+//!
+//! A request goes through these phases:
+//! 1. admission: over `max_in_flight` ⇒ 503; the record id and route are chosen;
+//! 2. forward: hop-by-hop headers dropped, `X-Request-Id` set, the body streamed to the upstream
+//!    while a copy (up to `max_inspect_bytes`) is kept;
+//! 3. response: a non-2xx answer passes through untouched. A 2xx body with a known length up to
+//!    the cap is read whole, handed to the hook, and sent with `x-reviewloop-review` when
+//!    diverted. Any other body (server-sent events, chunked, larger) streams frame by frame; at
+//!    its end the copy goes to the hook, which can no longer change the response.
+
+mod decode;
+pub mod headers;
+mod tap;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use self::decode::{DecodeError, decode};
+use self::headers::{
+    X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
+    X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text,
+};
+use self::tap::{Copy, TapBody};
+use crate::config::Config;
+use crate::exchange::{Captured, Exchange, ExchangeHook, Force};
+use crate::metrics::{Metrics, status_class};
+use crate::record::ModelInfo;
+use crate::route::{Route, RouteTable};
+use crate::upstream::{Body, BoxError, Upstream, UpstreamError, full_body};
+
+/// The proxy's knobs, taken from `[server]`, `[upstream]` and `[review]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub max_inspect_bytes: usize,
+    pub max_in_flight: usize,
+    pub upstream_timeout: Duration,
+    pub force_header: HeaderName,
+    pub shutdown_grace: Duration,
+}
+
+impl ProxySettings {
+    pub fn from_config(config: &Config) -> ProxySettings {
+        ProxySettings {
+            max_inspect_bytes: config.server.max_inspect_bytes,
+            max_in_flight: config.server.max_in_flight,
+            upstream_timeout: config.upstream.timeout,
+            force_header: HeaderName::from_bytes(config.review.force_header.as_bytes())
+                .unwrap_or_else(|_| HeaderName::from_static("x-review")),
+            shutdown_grace: config.server.shutdown_grace,
+        }
+    }
+}
+
+/// The proxy's own failures, classified once into a status and a bounded `error_type`.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(e) => e.status(),
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::Upstream(e) => e.error_type(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            ProxyError::Overloaded => "the proxy is at its max_in_flight limit; retry later".into(),
+            ProxyError::Upstream(e) => e.client_message(),
+        }
+    }
+}
+
+pub struct Proxy {
+    settings: ProxySettings,
+    upstream: Upstream,
+    routes: RouteTable,
+    hook: Arc<dyn ExchangeHook>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Holds a request's place under `max_in_flight` and in the in-flight gauge.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.requests_in_flight.dec();
+    }
+}
+
+/// Everything known about an exchange before its response body has been read.
+struct Pending {
+    id: String,
+    route: Route,
+    received_at: SystemTime,
+    request_copy: Arc<Mutex<Option<Copy>>>,
+    request_content_type: Option<String>,
+    request_content_encoding: Option<String>,
+    status: u16,
+    response_content_type: Option<String>,
+    response_content_encoding: Option<String>,
+    force: Option<Force>,
+    model: ModelInfo,
+    cap: usize,
+}
+
+impl Pending {
+    /// Builds the exchange from the response copy, or `None` when it cannot be inspected.
+    fn complete(self, response: Copy, streamed: bool, metrics: &Metrics) -> Option<Exchange> {
+        if response.overflowed {
+            metrics
+                .reviews_skipped_total
+                .with_label_values(&["too_large"])
+                .inc();
+            return None;
+        }
+        let response_body = match decode(
+            self.response_content_encoding.as_deref(),
+            &response.bytes,
+            self.cap,
+        ) {
+            Ok(decoded) => Bytes::from(decoded),
+            Err(DecodeError::TooLarge) => {
+                metrics
+                    .reviews_skipped_total
+                    .with_label_values(&["too_large"])
+                    .inc();
+                return None;
+            }
+            // Undecodable: inspect the bytes as they are (the decision finds no confidence).
+            Err(e) => {
+                debug!(error = %e, "response body not decoded for inspection");
+                response.bytes
+            }
+        };
+        let request = match self.request_copy.lock().expect("not poisoned").take() {
+            Some(copy) if !copy.overflowed => {
+                let encoding = self.request_content_encoding.as_deref();
+                match decode(encoding, &copy.bytes, self.cap) {
+                    Ok(body) => Captured {
+                        content_type: self.request_content_type,
+                        body: Bytes::from(body),
+                        truncated: false,
+                    },
+                    Err(_) => Captured {
+                        content_type: self.request_content_type,
+                        body: copy.bytes,
+                        truncated: false,
+                    },
+                }
+            }
+            // Larger than the cap, or still streaming when the response ended.
+            _ => Captured {
+                content_type: self.request_content_type,
+                body: Bytes::new(),
+                truncated: true,
+            },
+        };
+        Some(Exchange {
+            id: self.id,
+            route: self.route,
+            received_at: self.received_at,
+            request,
+            status: self.status,
+            response: Captured {
+                content_type: self.response_content_type,
+                body: response_body,
+                truncated: false,
+            },
+            force: self.force,
+            model: self.model,
+            streamed,
+        })
+    }
+}
+
+impl Proxy {
+    pub fn new(
+        settings: ProxySettings,
+        upstream: Upstream,
+        routes: RouteTable,
+        hook: Arc<dyn ExchangeHook>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Proxy> {
+        let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
+        Arc::new(Proxy {
+            settings,
+            upstream,
+            routes,
+            hook,
+            metrics,
+            in_flight,
+        })
+    }
+
+    /// Answers one request; every failure becomes a response, nothing here returns an error.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let request = request.map(|body| body.map_err(BoxError::from).boxed_unsync());
+        self.handle_body(request).await
+    }
+
+    async fn handle_body(self: Arc<Self>, request: Request<Body>) -> Response<Body> {
+        let id = record_id(request.headers());
+        let route = self.routes.resolve(request.uri().path()).clone();
+        let span = info_span!("request", %id, method = %request.method(), route = %route.label);
+        async move {
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                return self.error_response(&id, &route, ProxyError::Overloaded);
+            };
+            self.metrics.requests_in_flight.inc();
+            let guard = InFlight {
+                _permit: permit,
+                metrics: self.metrics.clone(),
+            };
+            let response = self.forward(request, id, route, guard).await;
+            debug!(status = response.status().as_u16(), "response head sent");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(
+        self: &Arc<Self>,
+        request: Request<Body>,
+        id: String,
+        route: Route,
+        guard: InFlight,
+    ) -> Response<Body> {
+        let received_at = SystemTime::now();
+        let (mut parts, body) = request.into_parts();
+        let force = parts
+            .headers
+            .remove(&self.settings.force_header)
+            .and_then(|v| Force::parse(v.as_bytes()));
+        remove_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(X_REQUEST_ID) {
+            parts.headers.insert(X_REQUEST_ID, id_value(&id));
+        }
+        let request_copy = Arc::new(Mutex::new(None));
+        let slot = request_copy.clone();
+        let body = TapBody::capture(body, self.settings.max_inspect_bytes, move |copy| {
+            *slot.lock().expect("not poisoned") = Some(copy);
+        });
+        let pending_request = (
+            text(&parts.headers, CONTENT_TYPE),
+            text(&parts.headers, CONTENT_ENCODING),
+            text(&parts.headers, X_SAGEMAKER_TARGET_MODEL),
+        );
+        let upstream_request = Request::from_parts(parts, body.boxed_unsync());
+
+        let started = Instant::now();
+        let deadline = started + self.settings.upstream_timeout;
+        let result =
+            match tokio::time::timeout_at(deadline.into(), self.upstream.call(upstream_request))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                warn!(error = %e, "upstream call failed");
+                return self.error_response(&id, &route, e.into());
+            }
+        };
+        self.metrics
+            .upstream_duration_seconds
+            .with_label_values(&[&route.label])
+            .observe(started.elapsed().as_secs_f64());
+
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(X_REVIEWLOOP_ID, id_value(&id));
+        let status = parts.status;
+        if !status.is_success() {
+            self.count(&route, status);
+            return Response::from_parts(
+                parts,
+                TapBody::passthrough(body).with_guard(guard).boxed_unsync(),
+            );
+        }
+
+        let (request_content_type, request_content_encoding, target_model) = pending_request;
+        let pending = Pending {
+            id: id.clone(),
+            route: route.clone(),
+            received_at,
+            request_copy,
+            request_content_type,
+            request_content_encoding,
+            status: status.as_u16(),
+            response_content_type: text(&parts.headers, CONTENT_TYPE),
+            response_content_encoding: text(&parts.headers, CONTENT_ENCODING),
+            force,
+            model: ModelInfo {
+                target_model,
+                variant: text(&parts.headers, X_INVOKED_VARIANT),
+            },
+            cap: self.settings.max_inspect_bytes,
+        };
+        let cap = self.settings.max_inspect_bytes as u64;
+        match inspection(&parts.headers, cap) {
+            Inspection::Buffered => {
+                let body = match tokio::time::timeout_at(deadline.into(), body.collect()).await {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Err(e)) => {
+                        let e = UpstreamError::Failed(e);
+                        warn!(error = %e, "upstream body failed");
+                        return self.error_response(&id, &route, e.into());
+                    }
+                    Err(_) => {
+                        return self.error_response(&id, &route, UpstreamError::Timeout.into());
+                    }
+                };
+                let copy = Copy {
+                    bytes: body.clone(),
+                    overflowed: false,
+                };
+                if let Some(exchange) = pending.complete(copy, false, &self.metrics) {
+                    let verdict = self.hook.on_exchange(exchange).await;
+                    if verdict.diverted()
+                        && let Ok(value) = verdict.header_value().parse()
+                    {
+                        parts.headers.insert(X_REVIEWLOOP_REVIEW, value);
+                    }
+                }
+                self.count(&route, status);
+                drop(guard);
+                Response::from_parts(parts, full_body(body))
+            }
+            Inspection::Streamed => {
+                let proxy = self.clone();
+                let tapped = TapBody::capture(body, self.settings.max_inspect_bytes, move |copy| {
+                    if let Some(exchange) = pending.complete(copy, true, &proxy.metrics) {
+                        let handled = proxy.hook.on_exchange(exchange);
+                        tokio::spawn(handled.in_current_span());
+                    }
+                });
+                self.count(&route, status);
+                Response::from_parts(parts, tapped.with_guard(guard).boxed_unsync())
+            }
+            Inspection::TooLarge => {
+                self.metrics
+                    .reviews_skipped_total
+                    .with_label_values(&["too_large"])
+                    .inc();
+                self.count(&route, status);
+                Response::from_parts(
+                    parts,
+                    TapBody::passthrough(body).with_guard(guard).boxed_unsync(),
+                )
+            }
+        }
+    }
+
+    fn count(&self, route: &Route, status: StatusCode) {
+        self.metrics
+            .requests_total
+            .with_label_values(&[&route.label, status_class(status.as_u16())])
+            .inc();
+    }
+
+    fn error_response(&self, id: &str, route: &Route, error: ProxyError) -> Response<Body> {
+        let status = error.status();
+        self.count(route, status);
+        self.metrics
+            .proxy_errors_total
+            .with_label_values(&[error.error_type()])
+            .inc();
+        let mut body = serde_json::json!({
+            "error": error.error_type(),
+            "message": error.client_message(),
+            "id": id,
+        });
+        if let ProxyError::Upstream(e) = &error
+            && let Some(original) = e.original_status()
+        {
+            body["original_status"] = original.into();
+        }
+        let mut response = Response::new(full_body(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(X_REVIEWLOOP_ID, id_value(id));
+        response
+    }
+}
+
+enum Inspection {
+    /// Known length within the cap: read whole so the decision can ride on a header.
+    Buffered,
+    /// Unknown length or an event stream: pass frames on, inspect at the end.
+    Streamed,
+    /// Known to exceed the cap: pass through without copying.
+    TooLarge,
+}
+
+fn inspection(headers: &HeaderMap, cap: u64) -> Inspection {
+    let event_stream = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(length) if length > cap => Inspection::TooLarge,
+        Some(_) if !event_stream => Inspection::Buffered,
+        _ => Inspection::Streamed,
+    }
+}
+
+/// Serves `proxy` on `listener` until `shutdown` resolves, then stops accepting (new
+/// connections are refused), lets in-flight requests finish, and returns — at the latest
+/// after `shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let grace = proxy.settings.shutdown_grace;
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    info!(address = %listener.local_addr()?, "proxy listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                let service = service_fn(move |request| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    info!("proxy stopped accepting; finishing in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
+    }
+    Ok(())
+}

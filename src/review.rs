@@ -1,1 +1,123 @@
 //! The review pipeline behind the proxy's hook: decide, count, build and send the record.
+//!
+//! For each completed 2xx exchange: the [`Decider`] reads the confidence and applies the route's
+//! conditions, sampling, budget and override; the decision's metrics are counted here (the
+//! decider is pure); a diverted exchange becomes a [`ReviewRecord`] handed to the
+//! [`ReviewSink`] — without waiting in `delivery = "async"`, after the broker's ack in `sync`.
+//! A failed ack never changes the client's answer: reviews are a side channel, so the response
+//! goes out unchanged (without `x-reviewloop-review`, since the review was not recorded) and the
+//! failure is counted and logged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::decision::{Decider, Decision, DecisionInput};
+use crate::exchange::{BoxFuture, Captured, Exchange, ExchangeHook, Verdict};
+use crate::kafka::ReviewSink;
+use crate::metrics::Metrics;
+use crate::record::{Payload, ResponsePayload, ReviewRecord, rfc3339_millis};
+
+pub struct ReviewPipeline {
+    decider: Decider,
+    sink: Arc<ReviewSink>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReviewPipeline {
+    pub fn new(decider: Decider, sink: Arc<ReviewSink>, metrics: Arc<Metrics>) -> ReviewPipeline {
+        ReviewPipeline {
+            decider,
+            sink,
+            metrics,
+        }
+    }
+
+    fn decide(&self, exchange: &Exchange) -> Decision {
+        let input = DecisionInput {
+            route: exchange.route.index,
+            id: &exchange.id,
+            request_body: &exchange.request.body,
+            response_content_type: exchange.response.content_type.as_deref(),
+            response_body: &exchange.response.body,
+            force: exchange.force,
+        };
+        let decision = self.decider.decide(&input, Instant::now());
+        self.count(exchange, &decision);
+        decision
+    }
+
+    fn count(&self, exchange: &Exchange, decision: &Decision) {
+        let route = &*exchange.route.label;
+        match decision.confidence {
+            Some(confidence) => self
+                .metrics
+                .confidence
+                .with_label_values(&[route])
+                .observe(confidence),
+            None => self
+                .metrics
+                .reviews_skipped_total
+                .with_label_values(&["no_confidence"])
+                .inc(),
+        }
+        if decision.over_budget {
+            self.metrics
+                .reviews_skipped_total
+                .with_label_values(&["over_budget"])
+                .inc();
+        } else {
+            for reason in &decision.reasons {
+                self.metrics
+                    .reviews_diverted_total
+                    .with_label_values(&[route, reason.as_str()])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// The record a diverted exchange becomes.
+pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
+    let payload =
+        |captured: &Captured| Payload::from_bytes(captured.content_type.as_deref(), &captured.body);
+    ReviewRecord {
+        id: exchange.id.clone(),
+        time: rfc3339_millis(exchange.received_at),
+        route: exchange.route.label.to_string(),
+        request: payload(&exchange.request),
+        response: ResponsePayload {
+            status: exchange.status,
+            payload: payload(&exchange.response),
+        },
+        confidence: decision.confidence,
+        reasons: decision.reasons.clone(),
+        sample_percent: decision.sample_percent,
+        conditions: decision.conditions.clone(),
+        model: exchange.model.clone(),
+        truncated: exchange.request.truncated || exchange.response.truncated,
+    }
+}
+
+impl ExchangeHook for ReviewPipeline {
+    fn on_exchange(&self, exchange: Exchange) -> BoxFuture<Verdict> {
+        let decision = self.decide(&exchange);
+        if !decision.diverted() {
+            return Box::pin(async { Verdict::default() });
+        }
+        let record = review_record(&exchange, &decision);
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            match sink.submit(&record).await {
+                Ok(()) => Verdict {
+                    reasons: decision.reasons,
+                },
+                Err(e) => {
+                    warn!(id = %record.id, error = %e, "review record not acknowledged by Kafka");
+                    Verdict::default()
+                }
+            }
+        })
+    }
+}

@@ -2,6 +2,8 @@
 //! endpoint. Both take and give plain `http` requests and responses, so the proxy's capture,
 //! decision and Kafka path is the same code whatever the upstream.
 
+mod sagemaker;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub use self::sagemaker::SagemakerUpstream;
 use crate::config::{UpstreamConfig, UpstreamKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,8 +97,11 @@ impl UpstreamError {
 pub struct UpstreamInitError(pub String);
 
 /// The model behind the proxy.
+// Built once per process and never moved on the hot path: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Upstream {
     Http(HttpUpstream),
+    Sagemaker(SagemakerUpstream),
 }
 
 impl Upstream {
@@ -105,9 +111,9 @@ impl Upstream {
                 &config.url,
                 config.timeout,
             )?)),
-            UpstreamKind::Sagemaker => Err(UpstreamInitError(
-                "kind = \"sagemaker\" is not supported by this build yet".into(),
-            )),
+            UpstreamKind::Sagemaker => {
+                Ok(Upstream::Sagemaker(SagemakerUpstream::new(config).await?))
+            }
         }
     }
 
@@ -115,6 +121,7 @@ impl Upstream {
     pub async fn call(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
         match self {
             Upstream::Http(http) => http.call(request).await,
+            Upstream::Sagemaker(sagemaker) => sagemaker.call(request).await,
         }
     }
 }

@@ -1,0 +1,449 @@
+//! The review sink: hands review records to Kafka without ever slowing an inference.
+//!
+//! # Delivery
+//!
+//! One idempotent librdkafka producer (`acks=all`) writes each [`ReviewRecord`] to
+//! `kafka.review_topic`, keyed by record id, with CloudEvents headers
+//! (`ce_type = reviewloop.review.requested`). Every option in `[kafka.options]` overrides the
+//! defaults below.
+//!
+//! The bounded queue is librdkafka's own: `queue.buffering.max.messages = kafka.queue_capacity`
+//! counts every record not yet acknowledged or failed (waiting, in flight, being retried), so it
+//! bounds exactly what an outage can pile up. `queue.buffering.max.kbytes` (librdkafka's default
+//! 1 GiB) bounds the same queue by size.
+//!
+//! - `delivery = "async"`: [`ReviewSink::send`] enqueues and returns; it never waits on the
+//!   broker. A full queue skips the record (`reviews_skipped_total{reason="queue_full"}`).
+//!   While the broker is away records wait in the queue, retried by librdkafka, until
+//!   `message.timeout.ms` (librdkafka's default 5 minutes) makes them fail.
+//! - `delivery = "sync"`: [`ReviewSink::send_and_wait`] resolves when the broker has acked the
+//!   record, or fails after `kafka.ack_timeout`. A timed-out record stays queued and may still be
+//!   delivered later; its delivery report is counted when it comes. `linger.ms` defaults to 0 in
+//!   this mode since a response waits for each record. What the client sees is the caller's
+//!   choice; reviewloop's proxy answers unchanged (reviews are a side channel) and counts and
+//!   logs the failure.
+//!
+//! # Accounting
+//!
+//! Every record handed to the sink ends in exactly one of:
+//! `kafka_messages_total{outcome="delivered"}`, `reviews_skipped_total{reason="queue_full"}`, or
+//! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, e.g. larger than
+//! `message.max.bytes`, or failed after it: timed out, purged at shutdown, rejected by the
+//! broker). Records that reached the producer and failed also count
+//! `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
+//! once the queue is drained; nothing is lost silently.
+//!
+//! # Readiness and an unreachable broker
+//!
+//! [`ReviewSink::new`] never waits for the broker. A background thread fetches cluster metadata
+//! until it succeeds; [`ReviewSink::is_ready`] turns true then and stays true (an outage later
+//! must not take the proxy out of its load balancer: reviews are a side channel). While the
+//! broker is unreachable an error is logged, inference goes on, and records queue up.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use tokio::sync::oneshot;
+
+use super::{CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers};
+use crate::config::{Delivery, KafkaConfig};
+use crate::metrics::Metrics;
+use crate::record::ReviewRecord;
+
+/// How long one metadata request of the readiness probe may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between readiness probes while the broker is unreachable.
+const METADATA_RETRY: Duration = Duration::from_secs(1);
+/// At most one log line per this period for a repeated failure (an outage can fail thousands of
+/// records a second; the counters carry the numbers).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a record did not reach the broker in `delivery = "sync"` mode.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The queue holds `kafka.queue_capacity` records already; this one was skipped.
+    #[error("the Kafka queue is full; the review record was skipped")]
+    QueueFull,
+    /// No ack within `kafka.ack_timeout`; the record stays queued and may still be delivered.
+    #[error("no ack from Kafka within {0:?}; the review record stays queued")]
+    AckTimeout(Duration),
+    /// The producer refused the record or the broker did not take it.
+    #[error("Kafka did not take the review record: {0}")]
+    Kafka(#[from] RdKafkaError),
+    /// The sink was dropped before the delivery report arrived.
+    #[error("the Kafka producer shut down before the record's delivery report")]
+    Closed,
+}
+
+impl SinkError {
+    /// A bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::QueueFull => "queue_full",
+            SinkError::AckTimeout(_) => "ack_timeout",
+            SinkError::Kafka(_) => "kafka_error",
+            SinkError::Closed => "closed",
+        }
+    }
+}
+
+type AckSender = oneshot::Sender<Result<(), RdKafkaError>>;
+
+/// What travels with each record through librdkafka to its delivery report.
+struct Pending {
+    ack: Option<AckSender>,
+}
+
+/// Logs a repeated event at most once per [`LOG_EVERY`], saying how many were not logged.
+struct Throttle {
+    started: Instant,
+    next_log_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            started: Instant::now(),
+            next_log_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed since the last log)` when this occurrence should be logged.
+    fn check(&self) -> Option<u64> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = self.next_log_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_log_ms
+                .compare_exchange(
+                    next,
+                    now + LOG_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Shared by the caller's threads and librdkafka's: counts outcomes, wakes waiters, logs.
+struct SinkContext {
+    metrics: Arc<Metrics>,
+    topic: String,
+    /// Records enqueued whose delivery report has not come yet.
+    queued: AtomicUsize,
+    failed_log: Throttle,
+    error_log: Throttle,
+}
+
+impl SinkContext {
+    fn skipped(&self, reason: &str) {
+        self.metrics
+            .reviews_skipped_total
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        // "All brokers down" and reconnect failures repeat for as long as an outage lasts.
+        if let Some(suppressed) = self.error_log.check() {
+            tracing::warn!(
+                error = %error,
+                reason,
+                suppressed,
+                queued = self.queued.load(Ordering::Relaxed),
+                "Kafka producer error; review records wait in the queue, inference is unaffected"
+            );
+        }
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let outcome = match result {
+            Ok(_) => {
+                self.metrics
+                    .kafka_messages_total
+                    .with_label_values(&[self.topic.as_str(), "delivered"])
+                    .inc();
+                Ok(())
+            }
+            Err((error, _message)) => {
+                self.metrics
+                    .kafka_messages_total
+                    .with_label_values(&[self.topic.as_str(), "failed"])
+                    .inc();
+                self.skipped("kafka_error");
+                if let Some(suppressed) = self.failed_log.check() {
+                    tracing::warn!(
+                        error = %error,
+                        topic = %self.topic,
+                        suppressed,
+                        "a review record was not delivered to Kafka"
+                    );
+                }
+                Err(error.clone())
+            }
+        };
+        if let Some(ack) = pending.ack {
+            // The waiter may have timed out and gone; the outcome is counted either way.
+            let _ = ack.send(outcome);
+        }
+    }
+}
+
+struct Inner {
+    producer: ThreadedProducer<SinkContext>,
+    ready: AtomicBool,
+    ack_timeout: Duration,
+    delivery: Delivery,
+}
+
+/// The producer of review records. Cheap to share: wrap it in an `Arc`.
+pub struct ReviewSink {
+    inner: Arc<Inner>,
+}
+
+impl ReviewSink {
+    /// Creates the producer; never waits for the broker (see the module docs on readiness).
+    /// Fails only on a bad client configuration (e.g. an unknown `[kafka.options]` key).
+    pub fn new(
+        config: &KafkaConfig,
+        bootstrap: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<ReviewSink, KafkaError> {
+        let queue_capacity = config.queue_capacity.to_string();
+        let mut defaults = vec![
+            ("client.id", "reviewloop-review-sink"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("queue.buffering.max.messages", queue_capacity.as_str()),
+        ];
+        if config.delivery == Delivery::Sync {
+            defaults.push(("linger.ms", "0"));
+        }
+        let client = client_config(config, bootstrap, &defaults);
+        let context = SinkContext {
+            metrics,
+            topic: config.review_topic.clone(),
+            queued: AtomicUsize::new(0),
+            failed_log: Throttle::new(),
+            error_log: Throttle::new(),
+        };
+        let producer: ThreadedProducer<SinkContext> = client
+            .create_with_context(context)
+            .map_err(|e| KafkaError::Config(format!("cannot create the Kafka producer: {e}")))?;
+        let inner = Arc::new(Inner {
+            producer,
+            ready: AtomicBool::new(false),
+            ack_timeout: config.ack_timeout,
+            delivery: config.delivery,
+        });
+        spawn_readiness_probe(Arc::downgrade(&inner), bootstrap.to_owned());
+        Ok(ReviewSink { inner })
+    }
+
+    /// Hands the record over without waiting (`delivery = "async"`). A full queue or a record
+    /// the producer refuses is skipped and counted, never retried here.
+    pub fn send(&self, record: &ReviewRecord) {
+        // The delivery report does the counting; an enqueue error is counted in `enqueue`.
+        let _ = self.enqueue(record, None);
+    }
+
+    /// Resolves when the broker has acked the record (`delivery = "sync"`), bounded by
+    /// `kafka.ack_timeout`.
+    pub async fn send_and_wait(&self, record: &ReviewRecord) -> Result<(), SinkError> {
+        let (ack, acked) = oneshot::channel();
+        self.enqueue(record, Some(ack))?;
+        match tokio::time::timeout(self.inner.ack_timeout, acked).await {
+            Ok(Ok(outcome)) => outcome.map_err(SinkError::Kafka),
+            Ok(Err(_)) => Err(SinkError::Closed),
+            Err(_) => Err(SinkError::AckTimeout(self.inner.ack_timeout)),
+        }
+    }
+
+    /// Sends as `kafka.delivery` says: `send` in async mode, `send_and_wait` in sync mode.
+    pub async fn submit(&self, record: &ReviewRecord) -> Result<(), SinkError> {
+        match self.inner.delivery {
+            Delivery::Async => {
+                self.send(record);
+                Ok(())
+            }
+            Delivery::Sync => self.send_and_wait(record).await,
+        }
+    }
+
+    fn enqueue(&self, record: &ReviewRecord, ack: Option<AckSender>) -> Result<(), SinkError> {
+        let context = self.inner.producer.context();
+        let value = serde_json::to_vec(record).expect("a review record serializes to JSON");
+        let headers = cloudevent_headers(CE_REVIEW_REQUESTED, &record.id, &record.time);
+        let message = BaseRecord::with_opaque_to(&context.topic, Box::new(Pending { ack }))
+            .key(record.id.as_str())
+            .payload(value.as_slice())
+            .headers(headers);
+        // Counted before the send: the delivery report may run on librdkafka's thread before
+        // `send` returns.
+        context.queued.fetch_add(1, Ordering::Relaxed);
+        match self.inner.producer.send(message) {
+            Ok(()) => Ok(()),
+            Err((error, _message)) => {
+                context.queued.fetch_sub(1, Ordering::Relaxed);
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                    context.skipped("queue_full");
+                    Err(SinkError::QueueFull)
+                } else {
+                    context.skipped("kafka_error");
+                    if let Some(suppressed) = context.failed_log.check() {
+                        tracing::warn!(
+                            error = %error,
+                            topic = %context.topic,
+                            suppressed,
+                            "the Kafka producer refused a review record"
+                        );
+                    }
+                    Err(SinkError::Kafka(error))
+                }
+            }
+        }
+    }
+
+    /// True once the producer has fetched cluster metadata (for `/readyz`); stays true.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Records enqueued whose delivery report has not come yet.
+    pub fn queued(&self) -> usize {
+        self.inner.producer.context().queued.load(Ordering::Relaxed)
+    }
+
+    /// The topic records go to.
+    pub fn topic(&self) -> &str {
+        &self.inner.producer.context().topic
+    }
+
+    /// Waits up to `timeout` for every queued record to be delivered or failed (on shutdown).
+    /// Records still queued then are purged and counted as `kafka_error`. Returns how many were
+    /// purged (0 when everything was flushed).
+    pub async fn flush(&self, timeout: Duration) -> usize {
+        let inner = Arc::clone(&self.inner);
+        let joined = tokio::task::spawn_blocking(move || {
+            if inner.producer.flush(timeout).is_ok() {
+                return 0;
+            }
+            let left = inner.producer.context().queued.load(Ordering::Relaxed);
+            inner
+                .producer
+                .purge(PurgeConfig::default().queue().inflight());
+            // Purged records report failure through the polling thread; wait briefly for it so
+            // the counters are final when this returns.
+            let _ = inner.producer.flush(Duration::from_millis(500));
+            left
+        })
+        .await;
+        let left = joined.unwrap_or_default();
+        if left > 0 {
+            tracing::error!(
+                left,
+                topic = %self.topic(),
+                "review records not delivered to Kafka before shutdown; they were dropped"
+            );
+        }
+        left
+    }
+}
+
+/// Fetches cluster metadata until it succeeds, then marks the sink ready. Logs an error while
+/// the broker is unreachable (once, then again each minute), and exits when the sink drops.
+fn spawn_readiness_probe(inner: Weak<Inner>, bootstrap: String) {
+    let spawned = thread::Builder::new()
+        .name("review-sink-ready".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let mut next_log = Duration::ZERO;
+            loop {
+                let Some(sink) = inner.upgrade() else { return };
+                match sink.producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
+                    Ok(metadata) => {
+                        sink.ready.store(true, Ordering::Release);
+                        tracing::info!(
+                            bootstrap = %bootstrap,
+                            brokers = metadata.brokers().len(),
+                            "Kafka producer connected"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        let waited = started.elapsed();
+                        if waited >= next_log {
+                            tracing::error!(
+                                bootstrap = %bootstrap,
+                                error = %error,
+                                waited = %humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                                queued = sink.producer.context().queued.load(Ordering::Relaxed),
+                                "Kafka is unreachable: inference is still served, review records \
+                                 wait in the queue (kafka.queue_capacity) until it comes back"
+                            );
+                            next_log = waited + Duration::from_secs(60);
+                        }
+                    }
+                }
+                drop(sink);
+                thread::sleep(METADATA_RETRY);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the Kafka readiness probe");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_logs_the_first_and_counts_the_rest() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.check(), Some(0));
+        assert_eq!(throttle.check(), None);
+        assert_eq!(throttle.check(), None);
+        assert_eq!(throttle.suppressed.load(Ordering::Relaxed), 2);
+    }
+}

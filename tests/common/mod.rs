@@ -1,0 +1,259 @@
+//! Test harness: the proxy started in-process on 127.0.0.1:0 (the same `proxy::serve` the
+//! binary runs), scripted upstream servers, and an HTTP client.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use reviewloop::config::Config;
+use reviewloop::exchange::{BoxFuture, Exchange, ExchangeHook, Verdict};
+use reviewloop::metrics::Metrics;
+use reviewloop::proxy::{self, Proxy, ProxySettings};
+use reviewloop::record::Reason;
+use reviewloop::route::RouteTable;
+use reviewloop::upstream::{Body, Upstream};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use reviewloop::upstream::full_body;
+
+/// A running proxy; dropping it shuts it down.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub hook: Arc<RecordingHook>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Records every exchange; diverts (reason `low_confidence`) those whose response body contains
+/// `"divert"` — enough to test the proxy's side of the seam without the decision engine.
+#[derive(Default)]
+pub struct RecordingHook {
+    pub exchanges: Mutex<Vec<Exchange>>,
+}
+
+impl RecordingHook {
+    pub fn taken(&self) -> Vec<Exchange> {
+        std::mem::take(&mut *self.exchanges.lock().unwrap())
+    }
+}
+
+impl ExchangeHook for RecordingHook {
+    fn on_exchange(&self, exchange: Exchange) -> BoxFuture<Verdict> {
+        let divert = exchange.response.body.windows(6).any(|w| w == b"divert");
+        self.exchanges.lock().unwrap().push(exchange);
+        Box::pin(async move {
+            Verdict {
+                reasons: if divert {
+                    vec![Reason::LowConfidence]
+                } else {
+                    vec![]
+                },
+            }
+        })
+    }
+}
+
+/// A config pointing at `upstream`, listening on loopback port 0.
+pub fn config_for(upstream: SocketAddr) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.url = format!("http://{upstream}");
+    config
+}
+
+pub async fn spawn_proxy(config: Config) -> TestProxy {
+    let hook = Arc::new(RecordingHook::default());
+    spawn_proxy_with(config, hook.clone(), hook).await
+}
+
+pub async fn spawn_proxy_with(
+    config: Config,
+    hook: Arc<dyn ExchangeHook>,
+    recording: Arc<RecordingHook>,
+) -> TestProxy {
+    let upstream = Upstream::from_config(&config.upstream).await.unwrap();
+    spawn_proxy_on(config, upstream, hook, recording).await
+}
+
+/// [`spawn_proxy_with`] in front of an upstream built by the test.
+pub async fn spawn_proxy_on(
+    config: Config,
+    upstream: Upstream,
+    hook: Arc<dyn ExchangeHook>,
+    recording: Arc<RecordingHook>,
+) -> TestProxy {
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Proxy::new(
+        ProxySettings::from_config(&config),
+        upstream,
+        RouteTable::new(&config.routes),
+        hook,
+        metrics.clone(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(proxy::serve(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+    TestProxy {
+        addr,
+        metrics,
+        hook: recording,
+        stop: Some(stop),
+    }
+}
+
+/// Starts an upstream on 127.0.0.1:0 answering with `handler`.
+pub async fn spawn_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends `request` and reads the whole response.
+pub async fn send(request: Request<Body>) -> (http::response::Parts, Bytes) {
+    let response = client().request(request).await.expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.expect("whole body").to_bytes())
+}
+
+pub fn post(url: &str, content_type: &str, body: impl Into<Bytes>) -> Request<Body> {
+    Request::post(url)
+        .header("content-type", content_type)
+        .body(full_body(body.into()))
+        .unwrap()
+}
+
+pub fn json_response(body: &'static str) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full_body(body))
+        .unwrap()
+}
+
+/// The full proxy (decision + Kafka sink) as `reviewloop proxy` runs it, on a mock cluster.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub bootstrap: String,
+    pub config: Config,
+    pub sink: Arc<reviewloop::kafka::ReviewSink>,
+    stop: Option<oneshot::Sender<()>>,
+    _kafka: reviewloop::app::KafkaEndpoint,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the whole proxy with `config.kafka.brokers = "embedded"` unless it names brokers.
+pub async fn spawn_app(config: Config) -> TestApp {
+    let upstream = Upstream::from_config(&config.upstream).await.unwrap();
+    spawn_app_on(config, upstream).await
+}
+
+/// [`spawn_app`] in front of an upstream built by the test.
+pub async fn spawn_app_on(mut config: Config, upstream: Upstream) -> TestApp {
+    if config.kafka.brokers == Config::default().kafka.brokers {
+        config.kafka.brokers = "embedded".into();
+    }
+    let kafka = reviewloop::app::KafkaEndpoint::connect(&config).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (proxy, sink) =
+        reviewloop::app::build_proxy_on(&config, upstream, &kafka.bootstrap, metrics.clone())
+            .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(proxy::serve(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        metrics,
+        bootstrap: kafka.bootstrap.clone(),
+        config,
+        sink,
+        stop: Some(stop),
+        _kafka: kafka,
+    }
+}
+
+/// An upstream that answers Hugging-Face-shaped JSON whose score is the request's `score`.
+pub async fn scoring_upstream() -> SocketAddr {
+    spawn_upstream(|request: Request<Incoming>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let input: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let score = input["score"].as_f64().unwrap_or(0.99);
+        let answer = serde_json::json!([{"label": "cat", "score": score}]).to_string();
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full_body(answer))
+            .unwrap()
+    })
+    .await
+}

@@ -1,0 +1,126 @@
+//! `reviewloop run` as a user starts it: proxy and joiner in one process on the embedded broker;
+//! a reviewer's answer turns a diverted inference into a retraining record.
+
+mod common;
+mod kafka_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Echoes the child's stderr and sends `value` of `key=value` for lines containing `marker`.
+fn watch_log(
+    stderr: impl std::io::Read + Send + 'static,
+    wanted: &'static [(&'static str, &'static str)],
+) -> mpsc::Receiver<(&'static str, String)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("reviewloop: {line}");
+            for (marker, key) in wanted {
+                if line.contains(marker)
+                    && let Some(value) = line.split(&format!("{key}=")).nth(1)
+                {
+                    let value = value.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send((*marker, value));
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn a_reviewed_inference_becomes_one_retraining_record() {
+    let upstream = scoring_upstream().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reviewloop"))
+        .args(["run"])
+        .env("REVIEWLOOP__SERVER__LISTEN", "127.0.0.1:0")
+        .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("REVIEWLOOP__UPSTREAM__URL", format!("http://{upstream}"))
+        .env("REVIEWLOOP__KAFKA__BROKERS", "embedded")
+        .env("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = watch_log(
+        child.stderr.take().unwrap(),
+        &[
+            ("proxy listening", "address"),
+            ("embedded Kafka broker started", "bootstrap"),
+        ],
+    );
+    let (mut proxy, mut bootstrap) = (None, None);
+    while proxy.is_none() || bootstrap.is_none() {
+        match log
+            .recv_timeout(Duration::from_secs(60))
+            .expect("run starts")
+        {
+            ("proxy listening", value) => proxy = Some(value),
+            (_, value) => bootstrap = Some(value),
+        }
+    }
+    let (proxy, bootstrap) = (proxy.unwrap(), bootstrap.unwrap());
+
+    let (parts, _) = send(post(
+        &format!("http://{proxy}/invocations"),
+        "application/json",
+        r#"{"score":0.3}"#,
+    ))
+    .await;
+    assert_eq!(parts.headers["x-reviewloop-review"], "low_confidence");
+    let id = parts.headers["x-reviewloop-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let answer = serde_json::json!({
+        "id": id, "reviewer": "alice", "answer": {"label": "dog"},
+        "submitted_at": "2026-11-22T10:00:00.000Z"
+    })
+    .to_string();
+    producer
+        .send(
+            FutureRecord::to("reviewloop.completed")
+                .key(&id)
+                .payload(&answer),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("answer published");
+
+    let records = kafka_support::consume(
+        &bootstrap,
+        "reviewloop.retraining",
+        1,
+        Duration::from_secs(60),
+    );
+    assert_eq!(records.len(), 1, "one retraining record");
+    let value: serde_json::Value = serde_json::from_slice(records[0].payload().unwrap()).unwrap();
+    assert_eq!(value["id"], id.as_str());
+    assert_eq!(value["label"], serde_json::json!({"label": "dog"}));
+    assert_eq!(value["agreement"], 1.0);
+    assert_eq!(value["confidence"], 0.3);
+    let errors = kafka_support::schema_errors(&kafka_support::schema("retraining"), &value);
+    assert!(errors.is_empty(), "{errors:?}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
