@@ -7,9 +7,12 @@
 //!   broker; against a baseline read of the same input by a plain consumer in the same run.
 //!   Each run first indexes N pending reviews (memory slope of the whole joiner), then
 //!   answers them all: every join reads its review payload back by offset.
+//! - `process`: with `KAFKA_BOOTSTRAP`, the RSS of the `reviewloop join` binary as its own
+//!   process, sampled at rest after every fifth of N reviews became pending (slope).
 //!
 //! `cargo bench --bench join [-- N]` (N items per Kafka run, default 20000, at most 4000 on
-//! the mock cluster; 100000 for the memory slope figure).
+//! the mock cluster; 100000 for the memory slope figures). `cargo test --all-targets` runs a
+//! small smoke version (mock cluster only).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -78,17 +81,20 @@ fn rss_bytes() -> i64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and then a small smoke run checks the benchmark still works without taking CI's time.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(if benchmarking { 20_000 } else { 500 });
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_ansi(false)
             .init();
     }
-    state_bench();
+    state_bench(if benchmarking { 100_000 } else { 10_000 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,11 +116,18 @@ fn main() {
         .await;
         drop(mock);
         match std::env::var("KAFKA_BOOTSTRAP") {
+            Ok(_) if !benchmarking => {
+                println!("join/kafka real broker: skipped in the smoke run (cargo bench runs it)")
+            }
             Ok(bootstrap) => {
                 let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
-                let config = config(&bootstrap, &prefix);
-                create_topics(&bootstrap, &config).await;
-                kafka_bench("real broker", &config, n).await
+                let run = config(&bootstrap, &prefix);
+                create_topics(&bootstrap, &run).await;
+                kafka_bench("real broker", &run, n).await;
+                let prefix = format!("benchrss{}", uuid::Uuid::now_v7().simple());
+                let run = config(&bootstrap, &prefix);
+                create_topics(&bootstrap, &run).await;
+                process_rss_slope(&run, n);
             }
             Err(_) => println!("join/kafka real broker: skipped (set KAFKA_BOOTSTRAP)"),
         }
@@ -125,11 +138,11 @@ fn rules() -> Rules {
     Rules::from_config(&JoinConfig::default())
 }
 
-fn state_bench() {
-    let ids: Vec<String> = (0..100_000)
+fn state_bench(count: usize) {
+    let ids: Vec<String> = (0..count)
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-    // Memory: 100k pending reviews, sampled every 20k.
+    // Memory: `count` pending reviews, sampled at every fifth.
     let heap0 = live_heap();
     let rss0 = rss_bytes();
     let mut state = JoinState::new(rules());
@@ -142,7 +155,7 @@ fn state_bench() {
                 timestamp_ms: 1_700_000_000_000 + i as i64,
             },
         );
-        if (i + 1) % 20_000 == 0 {
+        if (i + 1) % (count / 5) == 0 {
             // The changelog records are taken each batch in the joiner; same here.
             drop(state.take_changes());
             samples.push((i + 1, live_heap() - heap0, rss_bytes() - rss0));
@@ -160,7 +173,7 @@ fn state_bench() {
     );
     drop(state);
 
-    // Speed: review then answer for 100k ids, one reviewer.
+    // Speed: review then answer for each id, one reviewer.
     let started = Instant::now();
     let mut state = JoinState::new(rules());
     let mut joined = 0;
@@ -492,4 +505,101 @@ async fn kafka_bench(label: &str, config: &Config, n: usize) {
     );
     let _ = stop.send(());
     joiner.await.unwrap().unwrap();
+}
+
+/// The `reviewloop join` binary as its own process (so no producer or test buffers count),
+/// its RSS sampled at rest after every fifth of `n` reviews became pending.
+fn process_rss_slope(config: &Config, n: usize) {
+    let mut config = config.clone();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let config = &config;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reviewloop.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reviewloop"))
+        .args(["join", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("reviewloop binary");
+    let pid = child.id();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let answer = br#"{"id":"warm","reviewer":"alice","answer":{"label":"cat"}}"#;
+    produce(
+        &producer,
+        &config.kafka.review_topic,
+        "warm",
+        &review("warm"),
+    );
+    produce(&producer, &config.kafka.completed_topic, "warm", answer);
+    producer.flush(Duration::from_secs(30)).unwrap();
+    raw_read(&config.kafka.brokers, &config.kafka.retraining_topic, 1);
+    let step = n / 5;
+    let mut samples = vec![(0, 0, settle_rss(pid))];
+    for s in 1..=5 {
+        for i in (s - 1) * step..s * step {
+            let id = format!("item-{i:07}");
+            produce(&producer, &config.kafka.review_topic, &id, &review(&id));
+        }
+        producer.flush(Duration::from_secs(120)).unwrap();
+        samples.push((s * step, 0, settle_rss(pid)));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let base = samples[0].2;
+    let (_, slope) = slopes(&samples);
+    println!(
+        "join/process RSS of `reviewloop join`: {slope:.0} bytes per pending review (slope over {} \
+         pending, {} KiB reviews); samples {:?}",
+        5 * step,
+        BODY_BYTES / 1024,
+        samples
+            .iter()
+            .map(|(n, _, rss)| format!("{n}:{}MiB", (rss - base) / (1 << 20)))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The process's RSS once it has been idle (almost no CPU) for two seconds.
+fn settle_rss(pid: u32) -> i64 {
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        fields
+            .get(11)
+            .and_then(|u| u.parse::<i64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = cpu_ticks();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = cpu_ticks();
+        if now - last <= 5 {
+            break;
+        }
+        last = now;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
