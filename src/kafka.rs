@@ -139,7 +139,8 @@ impl EmbeddedBroker {
             .recv()
             .map_err(|_| KafkaError::Embedded("the broker thread exited".into()))?
             .map_err(KafkaError::Embedded)?;
-        tracing::info!(
+        // The commands log the address at info level (app.rs); this is for library users.
+        tracing::debug!(
             bootstrap = %bootstrap,
             "embedded Kafka broker (librdkafka's mock cluster) listening on loopback; \
              point kcat or any Kafka client at it, e.g. kcat -b {bootstrap} -L"

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use reviewloop::app;
 use reviewloop::config::Config;
+use reviewloop::demo::{self, DemoOptions};
 use reviewloop::telemetry::{self, LogFormat};
 
 /// sysexits.h EX_CONFIG-ish: the configuration is wrong (EX_USAGE = 64).
@@ -46,13 +47,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Everything in one process — embedded Kafka, a model that learns from reviews, simulated
+    /// reviewers and traffic — with a live table; nothing to install.
+    Demo(DemoOptions),
     /// Validate a config file and print the effective configuration (exit 0, or 64 if bad).
     CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The demo's table is the output: logs only for warnings unless RUST_LOG asks.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init_with_default(cli.log_format, default_filter);
     match cli.command {
         Command::CheckConfig { file } => match Config::load(Some(&file)) {
             Ok(config) => {
@@ -73,6 +82,17 @@ fn main() -> ExitCode {
             Ok(config) => run(app::run_join(config, app::shutdown_signal())),
             Err(code) => code,
         },
+        Command::Demo(options) => {
+            let problems = options.validate();
+            if !problems.is_empty() {
+                eprintln!("reviewloop: {}", demo::OptionsError(problems));
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            run(async move {
+                demo::run(options, &mut std::io::stdout(), app::shutdown_signal()).await?;
+                Ok(())
+            })
+        }
         Command::Run { config } => match load(config) {
             Ok(config) => run(app::run_all(config, app::shutdown_signal())),
             Err(code) => code,

@@ -47,3 +47,9 @@ async fn restart_keeps_pending_reviews() {
 async fn rebalances_lose_and_duplicate_nothing() {
     scenarios::rebalances_lose_and_duplicate_nothing(&Cluster::real().await, 300).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker: KAFKA_BOOTSTRAP"]
+async fn pending_backlog_then_answers() {
+    scenarios::pending_backlog_then_answers(&Cluster::real().await, 5000).await;
+}

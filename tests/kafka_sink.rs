@@ -428,7 +428,7 @@ async fn topic_check_says_when_the_broker_cannot_create_topics() {
     let error = kafka::ensure_topics(
         &config,
         &cluster.bootstrap_servers(),
-        Duration::from_secs(5),
+        Duration::from_secs(2),
     )
     .await
     .unwrap_err();

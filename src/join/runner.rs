@@ -108,7 +108,7 @@ impl Settings {
         })
     }
 
-    fn reader(&self) -> Result<BaseConsumer, KafkaError> {
+    fn reader(&self) -> Result<BaseConsumer<ReaderContext>, KafkaError> {
         let mut client = client_config(
             &self.kafka,
             &self.bootstrap,
@@ -125,7 +125,7 @@ impl Settings {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed");
-        client.create()
+        client.create_with_context(ReaderContext)
     }
 
     fn producer(&self, partition: i32) -> Result<BaseProducer, KafkaError> {
@@ -218,6 +218,24 @@ struct Task {
     completed_clock: Clock,
 }
 
+/// The reader's context: the end of a partition is how a restore ends, not an error, but
+/// librdkafka also reports it as a client-wide error, which the default context logs as one.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            debug!(reason, "reader reached the end of a partition");
+        } else {
+            warn!(error = %error, reason, "librdkafka error in the joiner's reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// The consumer's context: rebalances build and drop tasks here, inside `poll`.
 struct JoinContext {
     core: Mutex<Option<Core>>,
@@ -271,7 +289,7 @@ impl ConsumerContext for JoinContext {
 struct Core {
     settings: Settings,
     metrics: Arc<Metrics>,
-    reader: BaseConsumer,
+    reader: BaseConsumer<ReaderContext>,
     tasks: BTreeMap<i32, Task>,
     /// Revoked tasks kept until the next assignment: a partition handed straight back keeps
     /// its state instead of restoring it (its transactions were all committed before the
@@ -1018,7 +1036,7 @@ fn retraining_record(
 /// The caller has initialised the partition's producer first, so no transaction is open on
 /// the partition and its end is final.
 fn restore(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReaderContext>,
     topic: &str,
     partition: i32,
     rules: Rules,
@@ -1088,7 +1106,7 @@ fn restore(
 /// The records at `offsets` (sorted) of one topic-partition, read in runs: one seek per gap,
 /// then sequentially. A missing offset (deleted, compacted) is simply absent from the result.
 fn fetch_records(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReaderContext>,
     topic: &str,
     partition: i32,
     offsets: &[i64],

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Cluster, Joiner, Reader, Schema, duplicates, review_record, shuffle};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 /// N review records and their answers in a shuffled interleaving (answers first for many)
 /// give exactly N retraining records, each valid against the schema and carrying its review.
@@ -232,6 +232,8 @@ pub async fn garbage_becomes_dead_letters(cluster: &Cluster) {
             producer.send_to_partition(topic, partition, bytes);
         }
     }
+    // A broken review record too: its own dead letter, from the review topic.
+    producer.send_to_partition(&config.kafka.review_topic, 0, br#"{"id":"broken-review"}"#);
     for i in 0..30 {
         let id = format!("g-{i}");
         producer.review(&config, &review_record(&id));
@@ -247,9 +249,23 @@ pub async fn garbage_becomes_dead_letters(cluster: &Cluster) {
     );
     let expected_dead = garbage.len() * super::PARTITIONS as usize;
     let mut dead = Reader::new(&cluster.bootstrap, &config.kafka.dead_letter_topic);
-    assert!(dead.read_until(WAIT, |r| r.len() >= expected_dead));
+    assert!(dead.read_until(WAIT, |r| r.len() > expected_dead));
     dead.drain(Duration::from_secs(1));
-    assert_eq!(dead.records.len(), expected_dead);
+    assert_eq!(dead.records.len(), expected_dead + 1);
+    let (review_letters, answer_letters): (Vec<_>, Vec<_>) = dead
+        .records
+        .drain(..)
+        .partition(|l| l["source_topic"] == config.kafka.review_topic.as_str());
+    assert_eq!(review_letters.len(), 1);
+    assert_eq!(review_letters[0]["id"], "broken-review");
+    assert_eq!(review_letters[0]["reason"], "invalid");
+    assert!(
+        review_letters[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a review record")
+    );
+    dead.records = answer_letters;
     let schema = Schema::load("dead-letter.schema.json");
     let mut offsets = BTreeSet::new();
     for letter in &dead.records {
@@ -294,7 +310,7 @@ pub async fn garbage_becomes_dead_letters(cluster: &Cluster) {
     );
     assert_eq!(
         joiner.metric("reviewloop_dead_letters_total{reason=\"invalid\"}"),
-        expected_dead as f64
+        (expected_dead + 1) as f64
     );
     joiner.stop().await.expect("clean stop");
 }
@@ -450,4 +466,49 @@ pub async fn rebalances_lose_and_duplicate_nothing(cluster: &Cluster, n: usize) 
     assert!(duplicates(&counts).is_empty(), "{:?}", duplicates(&counts));
     b.stop().await.expect("b stops cleanly");
     c.stop().await.expect("c stops cleanly");
+}
+
+/// Many reviews wait (the state holds only their offsets), then all answers come: every join
+/// reads its review record back by offset, in runs.
+pub async fn pending_backlog_then_answers(cluster: &Cluster, n: usize) {
+    let config = cluster.config();
+    let joiner = Joiner::start(&config);
+    let producer = cluster.producer();
+    for i in 0..n {
+        producer.review(&config, &review_record(&format!("b-{i}")));
+    }
+    producer.flush();
+    let deadline = std::time::Instant::now() + WAIT;
+    while joiner.metric("reviewloop_reviews_pending") < n as f64
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(joiner.metric("reviewloop_reviews_pending"), n as f64);
+    // Answers in an order unlike the reviews', so the fetches jump around.
+    let mut order: Vec<usize> = (0..n).collect();
+    shuffle(&mut order, 99);
+    for i in order {
+        producer.answer(&config, &format!("b-{i}"), "alice", "cat");
+    }
+    producer.flush();
+    let mut reader = Reader::new(&cluster.bootstrap, &config.kafka.retraining_topic);
+    assert!(
+        reader.read_until(WAIT, |r| r.len() >= n),
+        "{} of {n}",
+        reader.records.len()
+    );
+    reader.drain(Duration::from_secs(1));
+    let counts = reader.counts_by_id();
+    assert_eq!(counts.len(), n);
+    assert!(duplicates(&counts).is_empty());
+    for record in &reader.records {
+        let id = record["id"].as_str().unwrap();
+        assert_eq!(record["request"]["body"]["inputs"], format!("request {id}"));
+    }
+    assert_eq!(
+        joiner.metric("reviewloop_dead_letters_total{reason=\"expired\"}"),
+        0.0
+    );
+    joiner.stop().await.expect("clean stop");
 }

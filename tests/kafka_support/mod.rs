@@ -83,6 +83,17 @@ pub fn kafka_config(review_topic: &str) -> KafkaConfig {
 /// Reads `topic` from the beginning of every partition until `want` messages arrived or
 /// `deadline` passed; returns what it read.
 pub fn consume(bootstrap: &str, topic: &str, want: usize, deadline: Duration) -> Vec<OwnedMessage> {
+    consume_until(bootstrap, topic, deadline, |read| read.len() >= want)
+}
+
+/// Reads `topic` from the beginning of every partition until `done(what was read)` or
+/// `deadline`; returns what it read.
+pub fn consume_until(
+    bootstrap: &str,
+    topic: &str,
+    deadline: Duration,
+    mut done: impl FnMut(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("test-reader-{}", uuid::Uuid::now_v7()))
@@ -104,7 +115,7 @@ pub fn consume(bootstrap: &str, topic: &str, want: usize, deadline: Duration) ->
     consumer.assign(&assignment).expect("assign");
     let end = Instant::now() + deadline;
     let mut out = Vec::new();
-    while out.len() < want && Instant::now() < end {
+    while !done(&out) && Instant::now() < end {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => out.push(message.detach()),
             Some(Err(e)) => eprintln!("consumer error (retrying): {e}"),
