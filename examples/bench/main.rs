@@ -709,6 +709,8 @@ fn profile(
     let pid = target.process.as_ref().expect("a process").pid();
     std::fs::create_dir_all(dir)?;
     let data = dir.join("perf.data");
+    // perf would keep the previous recording as perf.data.old: a few hundred MB per target.
+    let _ = std::fs::remove_file(&data);
     let seconds = plan.duration.max(3);
     eprintln!(
         "bench: profiling {} (pid {pid}) for {seconds} s",
