@@ -23,6 +23,11 @@
 //!   choice; reviewloop's proxy answers unchanged (reviews are a side channel) and counts and
 //!   logs the failure.
 //!
+//! The review topic is at-least-once. Idempotence removes the duplicates of ordinary retries,
+//! but a batch the broker wrote just as a connection broke can be written again once it is
+//! back; the joiner drops a review record it already holds (same id), so retraining stays
+//! exactly-once.
+//!
 //! # Accounting
 //!
 //! Every record handed to the sink ends in exactly one of:
