@@ -31,6 +31,8 @@ pub struct Metrics {
     /// `outcome` (accepted/duplicate/invalid/orphan).
     pub join_answers_total: IntCounterVec,
     pub reviews_pending: IntGauge,
+    /// Input partitions this joiner owns (one per co-partitioned pair).
+    pub join_partitions_assigned: IntGauge,
     pub retraining_records_total: IntCounter,
     /// `reason` (invalid/orphan/expired/no_agreement).
     pub dead_letters_total: IntCounterVec,
@@ -133,6 +135,12 @@ impl Metrics {
             "Reviews the joiner holds that have not reached their answers yet.",
         ))
         .expect("valid metric");
+        let join_partitions_assigned = IntGauge::with_opts(opts(
+            "join_partitions_assigned",
+            "Input partitions (pairs of review and completed partitions) this joiner owns; \
+             summed over a group's joiners it is the partition count once the group is stable.",
+        ))
+        .expect("valid metric");
         let retraining_records_total = IntCounter::with_opts(opts(
             "retraining_records_total",
             "Retraining records written by the joiner.",
@@ -144,6 +152,7 @@ impl Metrics {
             Box::new(review_turnaround_seconds.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(reviews_pending.clone()),
+            Box::new(join_partitions_assigned.clone()),
             Box::new(retraining_records_total.clone()),
         ] {
             registry.register(collector).expect("registered once");
@@ -160,6 +169,7 @@ impl Metrics {
             kafka_messages_total,
             join_answers_total,
             reviews_pending,
+            join_partitions_assigned,
             retraining_records_total,
             dead_letters_total,
             review_turnaround_seconds,
@@ -231,6 +241,7 @@ mod tests {
             "reviewloop_kafka_messages_total",
             "reviewloop_join_answers_total",
             "reviewloop_reviews_pending 0",
+            "reviewloop_join_partitions_assigned 0",
             "reviewloop_retraining_records_total 0",
             "reviewloop_dead_letters_total",
             "reviewloop_review_turnaround_seconds_count 1",

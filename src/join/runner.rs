@@ -6,7 +6,7 @@
 //! its own; [`super::run`] is the async face.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::JoinError;
 use super::answer::{self, Invalid};
-use super::state::{Effect, Entry, JoinState, ReceivedAnswer, ReviewRef, Rules};
+use super::state::{Effect, Entry, JoinState, ReceivedAnswer, ReviewOutcome, ReviewRef, Rules};
 use crate::config::{Config, KafkaConfig};
 use crate::kafka::{CE_DEAD_LETTER, CE_RETRAINING_EXAMPLE, client_config, cloudevent_headers};
 use crate::metrics::Metrics;
@@ -282,6 +282,9 @@ impl ConsumerContext for JoinContext {
             }
         }
         core.metrics.reviews_pending.set(core.pending() as i64);
+        core.metrics
+            .join_partitions_assigned
+            .set(core.tasks.len() as i64);
     }
 }
 
@@ -312,6 +315,15 @@ pub(crate) fn run_blocking(
 ) -> Result<(), JoinError> {
     let reader = settings.reader()?;
     let consumer = settings.consumer()?;
+    // Every line of this joiner, rebalance callbacks included, names its group (and which
+    // joiner of this process it is, when one process runs several).
+    static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+    let _span = tracing::info_span!(
+        "join",
+        group = %settings.group_id,
+        instance = INSTANCES.fetch_add(1, Ordering::Relaxed)
+    )
+    .entered();
     *lock(&consumer.context().core) = Some(Core {
         settings: settings.clone(),
         metrics,
@@ -600,7 +612,10 @@ impl Core {
                             offset,
                             timestamp_ms,
                         };
-                        let (_, effect) = task.state.on_review(&record.id, review);
+                        let (outcome, effect) = task.state.on_review(&record.id, review);
+                        if let ReviewOutcome::Accepted { early_answers } = outcome {
+                            *tally.answers.entry("accepted").or_default() += early_answers as u64;
+                        }
                         effects.extend(effect);
                     }
                     Err(invalid) => {
@@ -618,7 +633,9 @@ impl Core {
                                 timestamp_ms,
                             };
                             let (outcome, effect) = task.state.on_answer(&id, received);
-                            *tally.answers.entry(outcome.as_str()).or_default() += 1;
+                            if let Some(label) = outcome.label() {
+                                *tally.answers.entry(label).or_default() += 1;
+                            }
                             effects.extend(effect);
                         }
                     }
@@ -654,6 +671,14 @@ impl Core {
         )
         .map_err(TxnError::Kafka)?;
         for effect in effects {
+            if let Effect::Dead {
+                reason: DeadLetterReason::Orphan,
+                answers,
+                ..
+            } = &effect
+            {
+                *tally.answers.entry("orphan").or_default() += answers.len() as u64;
+            }
             let review_bytes = match &effect {
                 Effect::Joined { review, .. } => fresh_reviews
                     .get(&review.offset)

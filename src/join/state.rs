@@ -103,19 +103,30 @@ impl Entry {
 }
 
 /// What an answer did to the state (`reviewloop_join_answers_total{outcome}`).
+///
+/// Each answer is counted once, at its final outcome: `accepted` once it is joined to its
+/// review record, `duplicate` on arrival, `orphan` when it is dead-lettered without one. An
+/// answer that arrives before its review record is [`AnswerOutcome::AwaitingReview`] until
+/// one of those happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerOutcome {
+    /// Held with its review record.
     Accepted,
     /// The same reviewer again, an answer beyond `reviewers_per_item`, or one for an item
     /// that already had its output.
     Duplicate,
+    /// Held, waiting for its review record: counted when the record arrives (`accepted`, see
+    /// [`ReviewOutcome::Accepted`]) or the wait ends ([`DeadLetterReason::Orphan`]).
+    AwaitingReview,
 }
 
 impl AnswerOutcome {
-    pub fn as_str(self) -> &'static str {
+    /// The metric label, or `None` while the outcome is not final.
+    pub fn label(self) -> Option<&'static str> {
         match self {
-            AnswerOutcome::Accepted => "accepted",
-            AnswerOutcome::Duplicate => "duplicate",
+            AnswerOutcome::Accepted => Some("accepted"),
+            AnswerOutcome::Duplicate => Some("duplicate"),
+            AnswerOutcome::AwaitingReview => None,
         }
     }
 }
@@ -123,7 +134,8 @@ impl AnswerOutcome {
 /// What a review record did to the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReviewOutcome {
-    Accepted,
+    /// Held; `early_answers` answers that were waiting for it are now accepted.
+    Accepted { early_answers: usize },
     /// A second review record for a pending or finished id; the first one counts.
     Duplicate,
 }
@@ -247,13 +259,14 @@ impl JoinState {
     /// A review record arrived. It completes the item when its answers came first.
     pub fn on_review(&mut self, id: &str, review: ReviewRef) -> (ReviewOutcome, Option<Effect>) {
         let key = self.key(id);
-        match self.entries.entry(Arc::clone(&key)) {
+        let early_answers = match self.entries.entry(Arc::clone(&key)) {
             hash_map::Entry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
                 if entry.is_closed() || entry.review.is_some() {
                     return (ReviewOutcome::Duplicate, None);
                 }
                 entry.review = Some(review);
+                entry.answers.len()
             }
             hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Entry {
@@ -261,14 +274,15 @@ impl JoinState {
                     ..Entry::default()
                 });
                 self.pending += 1;
+                0
             }
-        }
+        };
         self.dirty.insert(Arc::clone(&key));
         let effect = self.try_complete(&key);
         if effect.is_none() {
             self.schedule(&key);
         }
-        (ReviewOutcome::Accepted, effect)
+        (ReviewOutcome::Accepted { early_answers }, effect)
     }
 
     /// An answer arrived. It completes the item when it is the last one needed and the
@@ -293,9 +307,14 @@ impl JoinState {
                     return (AnswerOutcome::Duplicate, None);
                 }
                 // The deadline is the review's or the first answer's: already scheduled.
+                let outcome = if entry.review.is_some() {
+                    AnswerOutcome::Accepted
+                } else {
+                    AnswerOutcome::AwaitingReview
+                };
                 entry.answers.push(answer);
                 self.dirty.insert(Arc::clone(&key));
-                (AnswerOutcome::Accepted, self.try_complete(&key))
+                (outcome, self.try_complete(&key))
             }
             hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Entry {
@@ -304,11 +323,8 @@ impl JoinState {
                 });
                 self.pending += 1;
                 self.dirty.insert(Arc::clone(&key));
-                let effect = self.try_complete(&key);
-                if effect.is_none() {
-                    self.schedule(&key);
-                }
-                (AnswerOutcome::Accepted, effect)
+                self.schedule(&key);
+                (AnswerOutcome::AwaitingReview, None)
             }
         }
     }
@@ -524,7 +540,7 @@ mod tests {
         let mut state = JoinState::new(rules(1, Agreement::Majority));
         assert_eq!(
             state.on_review("a", review(0, 100)),
-            (ReviewOutcome::Accepted, None)
+            (ReviewOutcome::Accepted { early_answers: 0 }, None)
         );
         assert_eq!(state.pending(), 1);
         let (outcome, effect) = state.on_answer("a", answer("alice", "cat", 0, 200));
@@ -544,10 +560,12 @@ mod tests {
         }
         assert_eq!(state.pending(), 0);
 
-        // Answer first: waits, then the review completes it.
+        // Answer first: waits uncounted, then the review accepts it and completes the item.
         let (outcome, effect) = state.on_answer("b", answer("alice", "dog", 1, 300));
-        assert_eq!((outcome, effect), (AnswerOutcome::Accepted, None));
-        let (_, effect) = state.on_review("b", review(1, 250));
+        assert_eq!((outcome, effect), (AnswerOutcome::AwaitingReview, None));
+        assert_eq!(outcome.label(), None);
+        let (outcome, effect) = state.on_review("b", review(1, 250));
+        assert_eq!(outcome, ReviewOutcome::Accepted { early_answers: 1 });
         assert!(matches!(effect, Some(Effect::Joined { .. })));
     }
 
@@ -693,9 +711,19 @@ mod tests {
 
     #[test]
     fn a_review_rescues_waiting_answers_before_the_orphan_timeout() {
-        let mut state = JoinState::new(rules(2, Agreement::Majority));
+        let mut state = JoinState::new(rules(3, Agreement::Majority));
         state.on_answer("x", answer("a", "cat", 0, 0));
-        state.on_review("x", review(0, 500));
+        // A second early answer waits too; the same reviewer again is a duplicate at once.
+        assert_eq!(
+            state.on_answer("x", answer("b", "dog", 1, 10)).0,
+            AnswerOutcome::AwaitingReview
+        );
+        assert_eq!(
+            state.on_answer("x", answer("a", "dog", 2, 20)).0,
+            AnswerOutcome::Duplicate
+        );
+        let rescued = state.on_review("x", review(0, 500));
+        assert_eq!(rescued.0, ReviewOutcome::Accepted { early_answers: 2 });
         // Now it waits for answers until the review timeout, not the orphan timeout.
         assert!(state.expire(5_000, 5_000).is_empty());
         assert_eq!(state.pending(), 1);
@@ -798,6 +826,44 @@ mod tests {
                 })
                 .count();
             prop_assert_eq!(state.pending(), open);
+        }
+
+        /// Every answer is counted once, at its final outcome: accepted on arrival or when
+        /// its review record comes, duplicate on arrival, orphan when dead-lettered — so the
+        /// outcome counts add up to the answers read once nothing is waiting.
+        #[test]
+        fn every_answer_is_counted_once((needed, events) in events()) {
+            let mut state = JoinState::new(rules(needed, Agreement::Majority));
+            let mut counted: HashMap<&str, usize> = HashMap::new();
+            let mut effects = Vec::new();
+            for (i, event) in events.iter().enumerate() {
+                let offset = i as i64;
+                match event {
+                    Event::Review(id) => {
+                        let (outcome, effect) = state.on_review(&format!("id{id}"), review(offset, 0));
+                        if let ReviewOutcome::Accepted { early_answers } = outcome {
+                            *counted.entry("accepted").or_default() += early_answers;
+                        }
+                        effects.extend(effect);
+                    }
+                    Event::Answer(id, reviewer, label) => {
+                        let received = answer(&format!("r{reviewer}"), &format!("l{label}"), offset, 0);
+                        let (outcome, effect) = state.on_answer(&format!("id{id}"), received);
+                        if let Some(label) = outcome.label() {
+                            *counted.entry(label).or_default() += 1;
+                        }
+                        effects.extend(effect);
+                    }
+                }
+            }
+            effects.extend(state.expire(i64::MAX, i64::MAX));
+            for effect in &effects {
+                if let Effect::Dead { reason: DeadLetterReason::Orphan, answers, .. } = effect {
+                    *counted.entry("orphan").or_default() += answers.len();
+                }
+            }
+            let answers = events.iter().filter(|e| matches!(e, Event::Answer(..))).count();
+            prop_assert_eq!(counted.values().sum::<usize>(), answers, "{:?}", counted);
         }
 
         /// A state rebuilt from its changelog at any point, then fed the rest of the input,

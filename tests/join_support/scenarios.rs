@@ -376,6 +376,22 @@ pub async fn timeouts_give_expired_and_orphan(cluster: &Cluster) {
         joiner.metric("reviewloop_dead_letters_total{reason=\"orphan\"}"),
         1.0
     );
+    // Each answer counted once, at its final outcome: the orphan's only as `orphan`. The late
+    // duplicate is counted when its (output-less) transaction commits.
+    let late = "reviewloop_join_answers_total{outcome=\"duplicate\"}";
+    let until = std::time::Instant::now() + WAIT;
+    while joiner.metric(late) < 1.0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (outcome, n) in [("accepted", 1.0), ("orphan", 1.0), ("duplicate", 1.0)] {
+        assert_eq!(
+            joiner.metric(&format!(
+                "reviewloop_join_answers_total{{outcome=\"{outcome}\"}}"
+            )),
+            n,
+            "{outcome}"
+        );
+    }
     joiner.stop().await.expect("clean stop");
 }
 
@@ -452,6 +468,13 @@ pub async fn rebalances_lose_and_duplicate_nothing(cluster: &Cluster, n: usize) 
     let b = Joiner::start(&config);
     send_range(n / 3, 2 * n / 3);
     assert!(reader.read_until(WAIT, |r| r.len() >= n / 2));
+    // A hands partitions to B. A leaves only once that rebalance is over: tansu (the CI
+    // broker) keeps a member that leaves mid-rebalance as the group's leader, and the group
+    // then never completes another rebalance. Kafka and the mock cluster have no such wait.
+    assert!(
+        group_owns_all(&[&a, &b], WAIT).await,
+        "A and B never shared the partitions"
+    );
     a.stop().await.expect("a stops cleanly");
     send_range(2 * n / 3, n);
     let c = Joiner::start(&config);
@@ -464,8 +487,31 @@ pub async fn rebalances_lose_and_duplicate_nothing(cluster: &Cluster, n: usize) 
     let counts = reader.counts_by_id();
     assert_eq!(counts.len(), n, "every item joined");
     assert!(duplicates(&counts).is_empty(), "{:?}", duplicates(&counts));
+    assert!(
+        group_owns_all(&[&b, &c], WAIT).await,
+        "C never took partitions over from B"
+    );
     b.stop().await.expect("b stops cleanly");
     c.stop().await.expect("c stops cleanly");
+}
+
+/// Waits until every one of `joiners` owns a partition and together they own them all: the
+/// group's last rebalance is complete.
+async fn group_owns_all(joiners: &[&Joiner], wait: Duration) -> bool {
+    let owned = |j: &&Joiner| j.metric("reviewloop_join_partitions_assigned");
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let each: Vec<f64> = joiners.iter().map(owned).collect();
+        if each.iter().all(|&p| p > 0.0) && each.iter().sum::<f64>() == f64::from(super::PARTITIONS)
+        {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("partitions owned: {each:?}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Many reviews wait (the state holds only their offsets), then all answers come: every join
