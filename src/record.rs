@@ -138,6 +138,72 @@ pub struct ReviewRecord {
     pub truncated: bool,
 }
 
+impl ReviewRecord {
+    /// Cuts the captured bodies until the record serializes to at most `max_bytes`, marking it
+    /// `truncated`; returns whether anything was cut. The larger body is cut first, each to a
+    /// prefix of its bytes (at a character boundary when it is text); a JSON body cut short no
+    /// longer parses and is carried as text, as any cut body. A record whose other fields
+    /// alone exceed `max_bytes` keeps empty bodies and stays too large.
+    pub fn fit(&mut self, max_bytes: usize) -> bool {
+        let mut cut = false;
+        // Each round removes at least the overshoot from one body, measured in the body's
+        // serialized size, so a few rounds always suffice; the bound is a safety net.
+        for _ in 0..16 {
+            let size = serialized_len(self);
+            if size <= max_bytes {
+                break;
+            }
+            let overshoot = size - max_bytes;
+            let request_len = serialized_len(&self.request.body);
+            let response_len = serialized_len(&self.response.payload.body);
+            let (payload, body_len) = if request_len >= response_len {
+                (&mut self.request, request_len)
+            } else {
+                (&mut self.response.payload, response_len)
+            };
+            if body_len <= 2 {
+                break; // already empty: the rest of the record is too large by itself
+            }
+            let bytes = payload.to_bytes().unwrap_or_default();
+            // Escaping and base64 make the serialized body longer than its bytes: keep the
+            // same fraction of the bytes as of the serialized body.
+            let keep_fraction = body_len.saturating_sub(overshoot) as f64 / body_len as f64;
+            let keep = ((bytes.len() as f64 * keep_fraction) as usize).min(bytes.len() - 1);
+            payload.cut_to(&bytes, keep);
+            cut = true;
+        }
+        self.truncated |= cut;
+        cut
+    }
+}
+
+impl Payload {
+    /// Replaces the body with the first `keep` of `bytes` (fewer, to end on a character
+    /// boundary when they are text).
+    fn cut_to(&mut self, bytes: &[u8], keep: usize) {
+        let mut keep = keep.min(bytes.len());
+        if std::str::from_utf8(bytes).is_ok() {
+            while keep > 0 && std::str::from_utf8(&bytes[..keep]).is_err() {
+                keep -= 1;
+            }
+        }
+        let prefix = &bytes[..keep];
+        let (encoding, body) = match std::str::from_utf8(prefix) {
+            Ok(text) => (Encoding::Utf8, Value::String(text.to_owned())),
+            Err(_) => (
+                Encoding::Base64,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(prefix)),
+            ),
+        };
+        self.encoding = encoding;
+        self.body = body;
+    }
+}
+
+fn serialized_len(value: &impl Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
 /// One reviewer's answer as the joiner keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
@@ -264,5 +330,81 @@ mod tests {
         assert_eq!(value["response"]["encoding"], "json");
         assert_eq!(value["reasons"][0], "low_confidence");
         assert!(value.get("model").is_none());
+    }
+
+    fn record(request: Payload, response: Payload) -> ReviewRecord {
+        ReviewRecord {
+            id: "r1".into(),
+            time: rfc3339_millis(SystemTime::UNIX_EPOCH),
+            route: "/invocations".into(),
+            request,
+            response: ResponsePayload {
+                status: 200,
+                payload: response,
+            },
+            confidence: Some(0.42),
+            reasons: vec![Reason::LowConfidence],
+            sample_percent: 1.0,
+            conditions: vec![],
+            model: ModelInfo::default(),
+            truncated: false,
+        }
+    }
+
+    /// A body of `n` bytes of one kind: JSON, text full of characters JSON escapes, multi-byte
+    /// text, or binary.
+    fn body(kind: u8, n: usize, seed: u8) -> (Option<&'static str>, Vec<u8>) {
+        match kind % 4 {
+            0 => {
+                let text = "y".repeat(n);
+                (
+                    Some("application/json"),
+                    format!(r#"{{"inputs":"{text}"}}"#).into_bytes(),
+                )
+            }
+            1 => (
+                Some("text/plain"),
+                "\"\n\u{1}".repeat(n / 3 + 1).into_bytes(),
+            ),
+            2 => (Some("text/plain"), "é漢🙂".repeat(n / 9 + 1).into_bytes()),
+            _ => (
+                None,
+                (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect(),
+            ),
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bodies, any limit the rest of the record fits in: the record ends within the
+        /// limit, marked truncated when cut, each body a prefix of what it was.
+        #[test]
+        fn fit_cuts_bodies_to_prefixes_within_the_limit(
+            (kind_a, len_a, kind_b, len_b, seed) in (0u8..4, 0usize..20_000, 0u8..4, 0usize..20_000, 0u8..255),
+            max in 600usize..30_000,
+        ) {
+            let (ct_a, a) = body(kind_a, len_a, seed);
+            let (ct_b, b) = body(kind_b, len_b, seed);
+            let mut fitted = record(Payload::from_bytes(ct_a, &a), Payload::from_bytes(ct_b, &b));
+            let before = serde_json::to_vec(&fitted).unwrap().len();
+            let cut = fitted.fit(max);
+            let after = serde_json::to_vec(&fitted).unwrap().len();
+            proptest::prop_assert_eq!(cut, before > max);
+            proptest::prop_assert_eq!(fitted.truncated, cut);
+            proptest::prop_assert!(after <= max, "{} > {}", after, max);
+            let kept_a = fitted.request.to_bytes().unwrap();
+            let kept_b = fitted.response.payload.to_bytes().unwrap();
+            if cut {
+                // A JSON body is compared as the bytes it re-serializes to.
+                let a = Payload::from_bytes(ct_a, &a).to_bytes().unwrap();
+                let b = Payload::from_bytes(ct_b, &b).to_bytes().unwrap();
+                proptest::prop_assert!(a.starts_with(&kept_a));
+                proptest::prop_assert!(b.starts_with(&kept_b));
+                // Not cut further than needed: the larger body keeps a fair share.
+                proptest::prop_assert!(after * 2 >= max.min(before) || kept_a.len() + kept_b.len() == 0,
+                    "{} of {} used", after, max);
+            } else {
+                proptest::prop_assert_eq!(fitted, record(Payload::from_bytes(ct_a, &a), Payload::from_bytes(ct_b, &b)));
+            }
+        }
     }
 }

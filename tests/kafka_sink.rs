@@ -8,9 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use reviewloop::config::{Delivery, KafkaConfig};
 use reviewloop::kafka::{self, EmbeddedBroker, KafkaError, ReviewSink, SinkError};
+use reviewloop::record::Payload;
 
 const TOPIC: &str = "reviewloop.review";
 const PARTITIONS: i32 = 3;
@@ -383,7 +385,7 @@ async fn kafka_options_override_defaults_and_bad_ones_are_named() {
 }
 
 #[tokio::test]
-async fn a_record_larger_than_the_producer_allows_is_counted_not_lost_silently() {
+async fn a_record_larger_than_the_producer_allows_arrives_with_its_bodies_cut() {
     let cluster = cluster();
     let metrics = new_metrics();
     let config = KafkaConfig {
@@ -392,13 +394,50 @@ async fn a_record_larger_than_the_producer_allows_is_counted_not_lost_silently()
         ..kafka_config(TOPIC)
     };
     let sink = ReviewSink::new(&config, &cluster.bootstrap_servers(), metrics.clone()).unwrap();
-    let outcome = sink.send_and_wait(&sized_record("big", 50_000)).await;
-    assert!(matches!(outcome, Err(SinkError::Kafka(_))), "{outcome:?}");
-    assert_eq!(skipped(&metrics, "kafka_error"), 1);
+    // A JSON body, and a binary one that travels as base64 (a third larger).
+    let big = sized_record("big", 50_000);
+    let binary: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let big_binary = record_with("big-binary", "application/octet-stream", &binary);
+    for record in [&big, &big_binary] {
+        sink.send_and_wait(record).await.unwrap();
+    }
     sink.send_and_wait(&sized_record("small", 100))
         .await
         .unwrap();
-    assert_eq!(delivered(&metrics, TOPIC), 1);
+    assert_eq!(delivered(&metrics, TOPIC), 3);
+    assert_eq!(skipped(&metrics, "kafka_error"), 0);
+
+    let messages = consume(
+        &cluster.bootstrap_servers(),
+        TOPIC,
+        3,
+        Duration::from_secs(20),
+    );
+    assert_eq!(messages.len(), 3);
+    let validator = schema("review");
+    for message in &messages {
+        let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let errors = schema_errors(&validator, &value);
+        assert!(errors.is_empty(), "{errors:?}");
+        let original = match key(message) {
+            "small" => {
+                assert_eq!(value["truncated"], false);
+                assert_eq!(value["request"]["encoding"], "json");
+                continue;
+            }
+            "big" => big.request.to_bytes().unwrap(),
+            _ => binary.clone(),
+        };
+        assert!(message.payload().unwrap().len() <= 10_000);
+        assert_eq!(value["truncated"], true, "{}", key(message));
+        // The request body is a good share of the original, and a prefix of it.
+        let kept: Payload = serde_json::from_value(value["request"].clone()).unwrap();
+        let kept = kept.to_bytes().unwrap();
+        assert!(kept.len() > 2_000, "{} bytes kept", kept.len());
+        assert_eq!(kept, original[..kept.len()]);
+        // The small response body is untouched.
+        assert_eq!(value["response"]["body"][0]["label"], "cat");
+    }
 }
 
 #[tokio::test]
@@ -502,7 +541,6 @@ async fn the_embedded_broker_takes_records_and_serves_consumer_groups() {
 
     // A consumer group member (what the joiner is) gets every partition and every record.
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Message;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "embedded-test")

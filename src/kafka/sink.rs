@@ -23,6 +23,12 @@
 //!   choice; reviewloop's proxy answers unchanged (reviews are a side channel) and counts and
 //!   logs the failure.
 //!
+//! A record larger than librdkafka's `message.max.bytes` (1 MB by default; less a margin for
+//! key, headers and framing) would be refused, so its captured bodies are cut to fit: the
+//! larger body first, to a prefix of its bytes, carried as text (or base64), with
+//! `truncated: true`. Raising `message.max.bytes` (and the topic's `max.message.bytes` on
+//! the broker) keeps larger bodies whole.
+//!
 //! The review topic is at-least-once. Idempotence removes the duplicates of ordinary retries,
 //! but a batch the broker wrote just as a connection broke can be written again once it is
 //! back; the joiner drops a review record it already holds (same id), so retraining stays
@@ -32,9 +38,8 @@
 //!
 //! Every record handed to the sink ends in exactly one of:
 //! `kafka_messages_total{outcome="delivered"}`, `reviews_skipped_total{reason="queue_full"}`, or
-//! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, e.g. larger than
-//! `message.max.bytes`, or failed after it: timed out, purged at shutdown, rejected by the
-//! broker). Records that reached the producer and failed also count
+//! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, or failed after it:
+//! timed out, purged at shutdown, rejected by the broker). Records that reached the producer and failed also count
 //! `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
 //! once the queue is drained; nothing is lost silently.
 //!
@@ -236,6 +241,8 @@ impl ProducerContext for SinkContext {
 
 struct Inner {
     producer: ThreadedProducer<SinkContext>,
+    /// The largest record value sent whole; bodies of larger records are cut to fit.
+    max_record_bytes: usize,
     ready: AtomicBool,
     ack_timeout: Duration,
     delivery: Delivery,
@@ -277,6 +284,7 @@ impl ReviewSink {
             .map_err(|e| KafkaError::Config(format!("cannot create the Kafka producer: {e}")))?;
         let inner = Arc::new(Inner {
             producer,
+            max_record_bytes: max_record_bytes(config),
             ready: AtomicBool::new(false),
             ack_timeout: config.ack_timeout,
             delivery: config.delivery,
@@ -317,7 +325,18 @@ impl ReviewSink {
 
     fn enqueue(&self, record: &ReviewRecord, ack: Option<AckSender>) -> Result<(), SinkError> {
         let context = self.inner.producer.context();
-        let value = serde_json::to_vec(record).expect("a review record serializes to JSON");
+        let mut value = serde_json::to_vec(record).expect("a review record serializes to JSON");
+        if value.len() > self.inner.max_record_bytes {
+            let mut fitted = record.clone();
+            fitted.fit(self.inner.max_record_bytes);
+            tracing::debug!(
+                id = %record.id,
+                bytes = value.len(),
+                max = self.inner.max_record_bytes,
+                "review record bodies cut to fit the producer's message.max.bytes"
+            );
+            value = serde_json::to_vec(&fitted).expect("a review record serializes to JSON");
+        }
         let headers = cloudevent_headers(CE_REVIEW_REQUESTED, &record.id, &record.time);
         let message = BaseRecord::with_opaque_to(&context.topic, Box::new(Pending { ack }))
             .key(record.id.as_str())
@@ -393,6 +412,19 @@ impl ReviewSink {
         }
         left
     }
+}
+
+/// librdkafka's `message.max.bytes` (its default unless `[kafka.options]` sets it) less room
+/// for the key, headers and framing: the largest record value the sink sends whole.
+fn max_record_bytes(config: &KafkaConfig) -> usize {
+    const LIBRDKAFKA_DEFAULT: usize = 1_000_000;
+    const FRAMING: usize = 16 * 1024;
+    let limit = config
+        .options
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(LIBRDKAFKA_DEFAULT);
+    limit.saturating_sub(FRAMING).max(limit / 2)
 }
 
 /// Fetches cluster metadata until it succeeds, then marks the sink ready. Logs an error while
