@@ -308,22 +308,10 @@ mod tests {
 
     #[test]
     fn review_record_serializes_as_the_contract_says() {
-        let record = ReviewRecord {
-            id: "r1".into(),
-            time: rfc3339_millis(SystemTime::UNIX_EPOCH),
-            route: "/invocations".into(),
-            request: Payload::from_bytes(Some("application/json"), b"{\"x\":1}"),
-            response: ResponsePayload {
-                status: 200,
-                payload: Payload::from_bytes(Some("application/json"), b"[0.4]"),
-            },
-            confidence: Some(0.42),
-            reasons: vec![Reason::LowConfidence],
-            sample_percent: 1.0,
-            conditions: vec![],
-            model: ModelInfo::default(),
-            truncated: false,
-        };
+        let record = record(
+            Payload::from_bytes(Some("application/json"), b"{\"x\":1}"),
+            Payload::from_bytes(Some("application/json"), b"[0.4]"),
+        );
         let value = serde_json::to_value(&record).unwrap();
         assert_eq!(value["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(value["response"]["status"], 200);
