@@ -129,8 +129,20 @@ impl Decider {
     /// Decides for one exchange at `now` (the budget's clock).
     pub fn decide(&self, input: &DecisionInput<'_>, now: Instant) -> Decision {
         let route = self.route(input.route);
-        let doc = Document::parse(input.response_content_type, input.response_body);
-        let confidence = route.extractor.read(&doc);
+        // The document is parsed only when the shape needs it or a condition reads it.
+        let quick = match &route.rule {
+            Rule::File { conditions, .. } if conditions.reads_response() => None,
+            _ => route
+                .extractor
+                .read_quick(input.response_content_type, input.response_body),
+        };
+        let (confidence, doc) = match quick {
+            Some(confidence) => (confidence, None),
+            None => {
+                let doc = Document::parse(input.response_content_type, input.response_body);
+                (route.extractor.read(&doc), Some(doc))
+            }
+        };
         let sample_percent = route.sample_percent();
         let mut decision = Decision {
             confidence,
@@ -174,7 +186,7 @@ impl Decider {
             Rule::File { conditions, .. } => {
                 let facts = Facts {
                     confidence,
-                    response: doc.json(),
+                    response: doc.as_ref().and_then(Document::json),
                     sample_point: point,
                 };
                 let fired = conditions.evaluate(&facts);

@@ -100,19 +100,30 @@ fn hf_list(items: &[Value]) -> Option<f64> {
 /// label of each of several inputs. Distinct labels whose scores sum to at most 1 are one
 /// distribution (max); otherwise each item is an instance (min).
 fn label_scores(items: &[Value]) -> Option<f64> {
-    let mut labels: Vec<&str> = items
+    let labels: Vec<Option<&str>> = items
         .iter()
-        .filter_map(|i| i.get("label").and_then(Value::as_str))
+        .map(|i| i.get("label").and_then(Value::as_str))
         .collect();
-    let count = labels.len();
-    labels.sort_unstable();
-    labels.dedup();
-    let distinct = count == items.len() && labels.len() == count;
-    let sum: f64 = scores(items, "score").map(|s| s.unwrap_or(f64::NAN)).sum();
+    let scores: Vec<Option<f64>> = scores(items, "score").collect();
+    label_score_confidence(&labels, &scores)
+}
+
+/// [`label_scores`] on the items' labels (`None`: not a string) and scores (`None`: not a
+/// number), however they were parsed.
+pub(super) fn label_score_confidence(
+    labels: &[Option<&str>],
+    scores: &[Option<f64>],
+) -> Option<f64> {
+    let mut distinct_labels: Vec<&str> = labels.iter().flatten().copied().collect();
+    let count = distinct_labels.len();
+    distinct_labels.sort_unstable();
+    distinct_labels.dedup();
+    let distinct = count == labels.len() && distinct_labels.len() == count;
+    let sum: f64 = scores.iter().map(|s| s.unwrap_or(f64::NAN)).sum();
     if distinct && sum <= 1.0 + 1e-3 {
-        max_of(scores(items, "score"))
+        max_of(scores.iter().copied())
     } else {
-        min_of(scores(items, "score"))
+        min_of(scores.iter().copied())
     }
 }
 

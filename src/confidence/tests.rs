@@ -528,3 +528,82 @@ proptest! {
         }
     }
 }
+
+/// Label/score lists as servers write them, and near misses the typed reader must leave to
+/// the generic path: other keys, non-string labels, string scores, duplicates, out of range.
+fn label_score_body() -> impl Strategy<Value = String> {
+    let item = (
+        prop_oneof![
+            "[a-c]".prop_map(|l| json!(l)),
+            Just(json!("caf\u{e9} \"q\"")),
+            Just(json!(1))
+        ],
+        prop_oneof![
+            (0.0f64..1.0).prop_map(|s| json!(s)),
+            (-1.0f64..3.0).prop_map(|s| json!(s)),
+            Just(json!(1)),
+            Just(json!("0.5")),
+        ],
+        prop::option::weighted(0.05, Just(("entity", json!("B-PER")))),
+    )
+        .prop_map(|(label, score, extra)| {
+            let mut item = json!({"label": label, "score": score});
+            if let Some((key, value)) = extra {
+                item[key] = value;
+            }
+            item
+        });
+    let list = prop::collection::vec(item, 0..5);
+    prop_oneof![
+        list.clone().prop_map(|l| json!(l)),
+        prop::collection::vec(list, 0..4).prop_map(|b| json!(b)),
+    ]
+    .prop_map(|v| format!(" {v}\n"))
+}
+
+#[test]
+fn text_classification_is_read_without_a_document() {
+    for name in [
+        "huggingface-text-classification.json",
+        "huggingface-text-classification-batch.json",
+    ] {
+        let body = fixture(name);
+        for preset in [Preset::Auto, Preset::Huggingface] {
+            let extractor = Extractor::preset(preset);
+            let quick = extractor.read_quick(Some("application/json"), &body);
+            assert!(quick.is_some(), "{name}: not read quickly");
+            assert_eq!(
+                quick.unwrap(),
+                extractor.extract(Some("application/json"), &body)
+            );
+        }
+        // Other presets, CSV and SSE content types always take the generic path.
+        let sagemaker = Extractor::preset(Preset::Sagemaker);
+        assert_eq!(sagemaker.read_quick(Some("application/json"), &body), None);
+        let auto = Extractor::preset(Preset::Auto);
+        assert_eq!(auto.read_quick(Some("text/csv"), &body), None);
+        assert_eq!(auto.read_quick(Some("Text/Event-Stream"), &body), None);
+    }
+    // Another shape is left to the generic path.
+    let token = fixture("huggingface-token-classification.json");
+    assert_eq!(
+        Extractor::preset(Preset::Auto).read_quick(None, &token),
+        None
+    );
+}
+
+proptest! {
+    /// Wherever the typed reader answers, it answers as the generic path does.
+    #[test]
+    fn the_typed_reader_agrees_with_the_document(body in label_score_body()) {
+        for preset in [Preset::Auto, Preset::Huggingface] {
+            let extractor = Extractor::preset(preset);
+            for content_type in [Some("application/json"), Some("text/plain"), None] {
+                if let Some(quick) = extractor.read_quick(content_type, body.as_bytes()) {
+                    let full = extractor.extract(content_type, body.as_bytes());
+                    prop_assert_eq!(quick, full, "{:?} on {}", preset, body);
+                }
+            }
+        }
+    }
+}
