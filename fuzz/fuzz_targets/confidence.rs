@@ -1,5 +1,6 @@
 //! Fuzzes the confidence extractor: any response bytes, under any content type and preset,
-//! give a confidence in [0, 1] or none, and never a panic.
+//! give a confidence in [0, 1] or none, and never a panic; where the typed reader answers
+//! (`read_quick`), it answers as the generic path does.
 
 #![no_main]
 
@@ -54,8 +55,12 @@ fuzz_target!(|body: &[u8]| {
         );
     }
     for extractor in &extractors {
-        if let Some(c) = extractor.extract(content_type, body) {
+        let c = extractor.extract(content_type, body);
+        if let Some(c) = c {
             assert!((0.0..=1.0).contains(&c), "{extractor:?} gave {c}");
+        }
+        if let Some(quick) = extractor.read_quick(content_type, body) {
+            assert_eq!(quick, c, "{extractor:?}: the typed reader disagrees");
         }
     }
 });
