@@ -109,6 +109,9 @@ enum Rule {
         conditions: Conditions,
         /// The largest `RandomSamplingPercentage` in the file (0 when it samples nothing).
         sample_percent: f64,
+        /// Whether a condition reads the response's JSON (Rekognition/Textract checks), so
+        /// the document must be parsed.
+        reads_response: bool,
     },
 }
 
@@ -131,7 +134,10 @@ impl Decider {
         let route = self.route(input.route);
         // The document is parsed only when the shape needs it or a condition reads it.
         let quick = match &route.rule {
-            Rule::File { conditions, .. } if conditions.reads_response() => None,
+            Rule::File {
+                reads_response: true,
+                ..
+            } => None,
             _ => route
                 .extractor
                 .read_quick(input.response_content_type, input.response_body),
@@ -257,6 +263,7 @@ impl RouteDecider {
                     .into_iter()
                     .fold(0.0, f64::max);
                 Rule::File {
+                    reads_response: conditions.reads_response(),
                     conditions,
                     sample_percent,
                 }
