@@ -39,8 +39,8 @@
 //! Every record handed to the sink ends in exactly one of:
 //! `kafka_messages_total{outcome="delivered"}`, `reviews_skipped_total{reason="queue_full"}`, or
 //! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, or failed after it:
-//! timed out, purged at shutdown, rejected by the broker). Records that reached the producer and failed also count
-//! `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
+//! timed out, purged at shutdown, rejected by the broker). Records that reached the producer
+//! and failed also count `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
 //! once the queue is drained; nothing is lost silently.
 //!
 //! # Readiness and an unreachable broker
