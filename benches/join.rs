@@ -17,7 +17,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -28,9 +28,11 @@ use reviewloop::config::{Agreement, Config, JoinConfig};
 use reviewloop::join::state::{JoinState, ReceivedAnswer, ReviewRef, Rules};
 use reviewloop::join::{self, state_topic_name};
 use reviewloop::metrics::Metrics;
-use reviewloop::record::{
-    Answer, ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
-};
+use reviewloop::record::{Answer, ModelInfo};
+
+// The review-record builder of the Kafka test suites.
+#[path = "../tests/kafka_support/mod.rs"]
+mod kafka_support;
 
 /// Counts live heap bytes (Rust allocations only; librdkafka's own buffers are C malloc and
 /// show in RSS instead).
@@ -270,28 +272,13 @@ async fn create_topics(bootstrap: &str, config: &Config) {
 }
 
 fn review(id: &str) -> Vec<u8> {
-    let record = ReviewRecord {
-        id: id.to_owned(),
-        time: rfc3339_millis(SystemTime::now()),
-        route: "/invocations".into(),
-        request: Payload::from_bytes(
-            Some("application/json"),
-            format!(r#"{{"inputs":"{}"}}"#, "x".repeat(BODY_BYTES)).as_bytes(),
-        ),
-        response: ResponsePayload {
-            status: 200,
-            payload: Payload::from_bytes(
-                Some("application/json"),
-                br#"[{"label":"cat","score":0.42}]"#,
-            ),
-        },
-        confidence: Some(0.42),
-        reasons: vec![Reason::LowConfidence],
-        sample_percent: 1.0,
-        conditions: Vec::new(),
-        model: ModelInfo::default(),
-        truncated: false,
-    };
+    let body = format!(r#"{{"inputs":"{}"}}"#, "x".repeat(BODY_BYTES));
+    let record = kafka_support::record_with_model(
+        id,
+        "application/json",
+        body.as_bytes(),
+        ModelInfo::default(),
+    );
     serde_json::to_vec(&record).unwrap()
 }
 

@@ -12,34 +12,23 @@ use rdkafka::mocking::MockCluster;
 use reviewloop::config::{Delivery, KafkaConfig};
 use reviewloop::kafka::{self, ReviewSink};
 use reviewloop::metrics::Metrics;
-use reviewloop::record::{
-    ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
-};
+use reviewloop::record::{ModelInfo, ReviewRecord};
+
+// The review-record builder of the Kafka test suites.
+#[path = "../tests/kafka_support/mod.rs"]
+mod kafka_support;
 
 fn record(i: usize) -> ReviewRecord {
     let text: String = (0..1000)
         .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
         .collect();
     let body = format!(r#"{{"inputs":"{text}"}}"#);
-    ReviewRecord {
-        id: format!("bench-{i:08}"),
-        time: rfc3339_millis(std::time::SystemTime::now()),
-        route: "/invocations".into(),
-        request: Payload::from_bytes(Some("application/json"), body.as_bytes()),
-        response: ResponsePayload {
-            status: 200,
-            payload: Payload::from_bytes(
-                Some("application/json"),
-                br#"[{"label":"cat","score":0.42}]"#,
-            ),
-        },
-        confidence: Some(0.42),
-        reasons: vec![Reason::LowConfidence],
-        sample_percent: 1.0,
-        conditions: Vec::new(),
-        model: ModelInfo::default(),
-        truncated: false,
-    }
+    kafka_support::record_with_model(
+        &format!("bench-{i:08}"),
+        "application/json",
+        body.as_bytes(),
+        ModelInfo::default(),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -17,12 +17,14 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use reviewloop::config::{Agreement, Config};
 use reviewloop::join::{self, JoinError};
 use reviewloop::metrics::Metrics;
-use reviewloop::record::{
-    ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
-};
+use reviewloop::record::{ModelInfo, ReviewRecord, rfc3339_millis};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+// The review-record builder the Kafka suites use.
+#[path = "../kafka_support/mod.rs"]
+mod kafka_support;
 
 pub const PARTITIONS: i32 = 3;
 
@@ -290,28 +292,13 @@ impl TestProducer {
 
 /// A review record like the proxy writes, with a request body that says its id.
 pub fn review_record(id: &str) -> ReviewRecord {
-    ReviewRecord {
-        id: id.to_owned(),
-        time: rfc3339_millis(SystemTime::now()),
-        route: "/invocations".into(),
-        request: Payload::from_bytes(
-            Some("application/json"),
-            format!(r#"{{"inputs":"request {id}"}}"#).as_bytes(),
-        ),
-        response: ResponsePayload {
-            status: 200,
-            payload: Payload::from_bytes(
-                Some("application/json"),
-                br#"[{"label":"cat","score":0.42}]"#,
-            ),
-        },
-        confidence: Some(0.42),
-        reasons: vec![Reason::LowConfidence],
-        sample_percent: 1.0,
-        conditions: Vec::new(),
-        model: ModelInfo::default(),
-        truncated: false,
-    }
+    let body = format!(r#"{{"inputs":"request {id}"}}"#);
+    kafka_support::record_with_model(
+        id,
+        "application/json",
+        body.as_bytes(),
+        ModelInfo::default(),
+    )
 }
 
 /// A deterministic shuffle (no RNG crate needed): the same `seed` gives the same order.

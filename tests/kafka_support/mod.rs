@@ -17,8 +17,23 @@ use reviewloop::record::{
 };
 use serde_json::Value;
 
-/// A review record whose request body is `body` with `content_type`.
+/// A review record whose request body is `body` with `content_type`, from model `model-a`.
 pub fn record_with(id: &str, content_type: &str, body: &[u8]) -> ReviewRecord {
+    let model = ModelInfo {
+        target_model: Some("model-a.tar.gz".into()),
+        variant: None,
+    };
+    record_with_model(id, content_type, body, model)
+}
+
+/// A low-confidence review record like the proxy writes: request body `body` with
+/// `content_type`, a Hugging Face answer of confidence 0.42, `model` as given.
+pub fn record_with_model(
+    id: &str,
+    content_type: &str,
+    body: &[u8],
+    model: ModelInfo,
+) -> ReviewRecord {
     ReviewRecord {
         id: id.to_owned(),
         time: rfc3339_millis(SystemTime::now()),
@@ -35,10 +50,7 @@ pub fn record_with(id: &str, content_type: &str, body: &[u8]) -> ReviewRecord {
         reasons: vec![Reason::LowConfidence],
         sample_percent: 1.0,
         conditions: Vec::new(),
-        model: ModelInfo {
-            target_model: Some("model-a.tar.gz".into()),
-            variant: None,
-        },
+        model,
         truncated: false,
     }
 }
