@@ -5,12 +5,13 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use reviewloop::config::Config;
-use reviewloop::decision::{Decider, DecisionInput};
-use reviewloop::route::DEFAULT_ROUTE;
+use reviewloop::decision::DecisionInput;
+use reviewloop::route::RouteTable;
 use serde_json::{Value, json};
 
 /// A Hugging Face batch: every input with all labels' scores.
@@ -98,7 +99,8 @@ fn parse_only(body: &[u8]) -> usize {
     }
 }
 
-fn decider(conditions: bool) -> Decider {
+/// The routes of a configuration; `/invocations` has the top-level policy.
+fn decider(conditions: bool) -> Arc<RouteTable> {
     let toml = if conditions {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -108,7 +110,9 @@ fn decider(conditions: bool) -> Decider {
     } else {
         "[review]\nconfidence_below = 0.7\nsample_percent = 1\nbudget_per_second = 0\n".to_owned()
     };
-    Decider::new(&Config::from_toml_with_env(&toml, "bench.toml", Vec::new()).unwrap()).unwrap()
+    Config::from_toml_with_env(&toml, "bench.toml", Vec::new())
+        .unwrap()
+        .routes
 }
 
 fn benches(c: &mut Criterion) {
@@ -132,14 +136,14 @@ fn benches(c: &mut Criterion) {
     let plain = decider(false);
     let with_conditions = decider(true);
     for (name, shape, content_type, conditions) in cases {
-        let decider = if conditions { &with_conditions } else { &plain };
+        let routes = if conditions { &with_conditions } else { &plain };
+        let decider = routes.resolve("/invocations").policy();
         let mut group = c.benchmark_group(name);
         for (size_name, size) in [("1KB", 1024), ("100KB", 100 * 1024)] {
             let body = shape(size);
             let case = format!("{name}/{size_name}");
             CASES.with(|cases| cases.borrow_mut().push((name, size_name)));
             let input = DecisionInput {
-                route: DEFAULT_ROUTE,
                 id: "0192a6c1-7a4e-7cc3-9e0f-53c7b5a4b1d2",
                 request_body: b"{}",
                 response_content_type: content_type,

@@ -378,9 +378,15 @@ async fn kafka_bench(label: &str, config: &Config, n: usize) {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            join::run(&config, &config.kafka.brokers, metrics, async {
-                let _ = stopped.await;
-            })
+            join::run(
+                &config.join,
+                &config.kafka,
+                &config.kafka.brokers,
+                metrics,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         })
     };

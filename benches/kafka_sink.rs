@@ -241,20 +241,18 @@ async fn proxy_latency(
     let upstream = reviewloop::upstream::Upstream::from_config(&config.upstream)
         .await
         .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let (proxy, sink) = reviewloop::app::build_proxy_on(
-        &config,
-        upstream,
-        &cluster.bootstrap_servers(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/invocations", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(reviewloop::proxy::serve(listener, proxy, async {
-        let _ = stopped.await;
-    }));
+    config.kafka.brokers = cluster.bootstrap_servers();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.create_topics = false;
+    let checked = config.check().unwrap();
+    let shutdown = reviewloop::app::Shutdown::new();
+    let running = reviewloop::app::App::build_on(checked, reviewloop::app::Roles::PROXY, upstream)
+        .await
+        .unwrap()
+        .spawn(shutdown.clone());
+    let sink = running.sink().unwrap().clone();
+    let url = format!("http://{}/invocations", running.proxy_address().unwrap());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let measure = async |label: &str| {
@@ -295,7 +293,8 @@ async fn proxy_latency(
     measure("Kafka down").await;
     cluster.broker_up(1).unwrap();
     sink.flush(Duration::from_secs(30)).await;
-    let _ = stop.send(());
+    shutdown.fire();
+    running.wait().await.unwrap();
 }
 
 fn main() {

@@ -1,75 +1,63 @@
-//! Wiring: builds the pieces from the config and runs `proxy`, `join`, `run` and `demo`.
+//! Wiring: one [`App`] built from a checked configuration — listeners bound, Kafka reached (or
+//! embedded), the components made — then spawned, and stopped in order within what is left of
+//! the grace period. `proxy`, `join`, `run` and `demo` all go through it; a new process role is
+//! one more component here.
+//!
+//! Stopping: when the shutdown fires (a signal, the caller) or any component ends by itself
+//! (a failure), every component is told to stop. The proxy stops accepting, finishes its
+//! requests and flushes the review records within the grace; the joiner finishes its open
+//! transaction; the admin server goes last. The first failure is what the run returns.
+
+mod shutdown;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admin;
-use crate::config::{Config, KafkaConfig};
-use crate::decision::Decider;
+pub use self::shutdown::{Shutdown, shutdown_signal};
+use crate::admin::{self, Readiness};
+use crate::config::{Checked, Config};
 use crate::join;
-use crate::kafka::{self, EmbeddedBroker, ReviewSink};
+use crate::kafka::{self, EmbeddedBroker, KafkaConfig, ReviewSink};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::review::ReviewPipeline;
-use crate::route::RouteTable;
 use crate::upstream::Upstream;
 
 /// How long the startup topic check may wait for the broker.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+/// What a process runs besides its admin server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The sidecar: the proxy, its review pipeline and Kafka sink.
+    pub proxy: bool,
+    /// The review joiner.
+    pub join: bool,
+}
+
+impl Roles {
+    /// `reviewloop proxy`.
+    pub const PROXY: Roles = Roles {
+        proxy: true,
+        join: false,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received: shutting down"),
-        () = terminate => info!("SIGTERM received: shutting down"),
-    }
-}
-
-/// One shutdown event observed by many tasks.
-#[derive(Clone)]
-pub struct Shutdown {
-    fired: watch::Receiver<bool>,
-    fired_at: Arc<OnceLock<Instant>>,
-}
-
-impl Shutdown {
-    /// A shutdown that fires when `trigger` resolves.
-    pub fn on(trigger: impl Future<Output = ()> + Send + 'static) -> Shutdown {
-        let (tx, fired) = watch::channel(false);
-        let fired_at = Arc::new(OnceLock::new());
-        let at = fired_at.clone();
-        tokio::spawn(async move {
-            trigger.await;
-            let _ = at.set(Instant::now());
-            let _ = tx.send(true);
-        });
-        Shutdown { fired, fired_at }
-    }
-
-    pub async fn wait(mut self) {
-        let _ = self.fired.wait_for(|stopped| *stopped).await;
-    }
-
-    /// What is left of `grace` since the shutdown fired (all of it if it has not).
-    pub fn remaining(&self, grace: Duration) -> Duration {
-        self.fired_at
-            .get()
-            .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
-    }
+    /// `reviewloop join`.
+    pub const JOIN: Roles = Roles {
+        proxy: false,
+        join: true,
+    };
+    /// `reviewloop run` and the demo.
+    pub const ALL: Roles = Roles {
+        proxy: true,
+        join: true,
+    };
 }
 
 /// Where Kafka is: the configured brokers, or an embedded broker kept alive by this value.
@@ -106,6 +94,287 @@ impl KafkaEndpoint {
     }
 }
 
+/// The proxy and what it needs to run: its listener and its Kafka sink.
+struct ProxyPart {
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    sink: Arc<ReviewSink>,
+}
+
+/// A process's components, built and bound, not yet running.
+pub struct App {
+    config: Arc<Config>,
+    kafka: KafkaEndpoint,
+    metrics: Arc<Metrics>,
+    admin: TcpListener,
+    proxy: Option<ProxyPart>,
+    join: bool,
+}
+
+impl App {
+    /// Builds `roles` from `checked`: binds the listeners (so a port in use fails fast),
+    /// reaches or embeds Kafka, and makes the upstream client.
+    pub async fn build(checked: Checked, roles: Roles) -> anyhow::Result<App> {
+        let upstream = if roles.proxy {
+            Some(Upstream::from_config(&checked.config.upstream).await?)
+        } else {
+            None
+        };
+        App::assemble(checked, roles, upstream).await
+    }
+
+    /// [`App::build`] with an upstream the caller built (e.g. a SageMaker client whose
+    /// credentials do not come from the process environment).
+    pub async fn build_on(
+        checked: Checked,
+        roles: Roles,
+        upstream: Upstream,
+    ) -> anyhow::Result<App> {
+        App::assemble(checked, roles, Some(upstream)).await
+    }
+
+    async fn assemble(
+        checked: Checked,
+        roles: Roles,
+        upstream: Option<Upstream>,
+    ) -> anyhow::Result<App> {
+        let Checked { config, routes } = checked;
+        if roles.join && !roles.proxy && config.kafka.is_embedded() {
+            anyhow::bail!(
+                "kafka.brokers = \"embedded\" lives inside one process: use `reviewloop run` or \
+                 `reviewloop demo`, or point `join` at a broker"
+            );
+        }
+        let data = match upstream.is_some() {
+            true => Some(bind(config.server.listen, "server.listen").await?),
+            false => None,
+        };
+        let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
+        let kafka = KafkaEndpoint::connect(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let proxy = match (data, upstream) {
+            (Some(listener), Some(upstream)) => {
+                let sink = Arc::new(ReviewSink::new(
+                    &config.kafka,
+                    &kafka.bootstrap,
+                    metrics.clone(),
+                )?);
+                let proxy = Proxy::new(
+                    ProxySettings::new(&config.server, config.upstream.timeout),
+                    upstream,
+                    routes,
+                    Arc::new(ReviewPipeline::new(sink.clone(), metrics.clone())),
+                    metrics.clone(),
+                );
+                Some(ProxyPart {
+                    listener,
+                    proxy,
+                    sink,
+                })
+            }
+            _ => None,
+        };
+        Ok(App {
+            config: Arc::new(config),
+            kafka,
+            metrics,
+            admin,
+            proxy,
+            join: roles.join,
+        })
+    }
+
+    /// Starts every component; they stop when `shutdown` fires or one of them fails.
+    pub fn spawn(self, shutdown: Shutdown) -> Running {
+        let App {
+            config,
+            kafka,
+            metrics,
+            admin,
+            proxy,
+            join,
+        } = self;
+        let admin_address = admin.local_addr().ok();
+        let mut proxy_address = None;
+        let mut sink = None;
+        let mut ready: Readiness = Arc::new(|| true);
+        let proxy_task = proxy.map(|part| {
+            proxy_address = part.listener.local_addr().ok();
+            sink = Some(part.sink.clone());
+            if config.server.ready_requires_kafka {
+                let sink = part.sink.clone();
+                ready = Arc::new(move || sink.is_kafka_up());
+            }
+            check_topics_in_background(&config.kafka, &kafka.bootstrap);
+            tokio::spawn(serve_proxy(
+                part,
+                config.server.shutdown_grace,
+                shutdown.clone(),
+            ))
+        });
+        let join_task = join.then(|| {
+            let (config, bootstrap, metrics, stop) = (
+                config.clone(),
+                kafka.bootstrap.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            tokio::spawn(async move {
+                join::run(&config.join, &config.kafka, &bootstrap, metrics, stop).await?;
+                info!("joiner stopped");
+                Ok(())
+            })
+        });
+        let admin_task = tokio::spawn(admin::serve(admin, metrics.clone(), ready, shutdown.wait()));
+        Running {
+            shutdown,
+            proxy: proxy_task,
+            join: join_task,
+            admin: admin_task,
+            proxy_address,
+            admin_address,
+            sink,
+            metrics,
+            kafka,
+        }
+    }
+
+    /// Runs until `shutdown` resolves or a component fails, then stops everything.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.spawn(Shutdown::on(shutdown)).wait().await
+    }
+}
+
+/// A running [`App`].
+pub struct Running {
+    shutdown: Shutdown,
+    proxy: Option<JoinHandle<anyhow::Result<()>>>,
+    join: Option<JoinHandle<anyhow::Result<()>>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    proxy_address: Option<SocketAddr>,
+    admin_address: Option<SocketAddr>,
+    sink: Option<Arc<ReviewSink>>,
+    metrics: Arc<Metrics>,
+    /// Keeps an embedded broker alive until everything has stopped.
+    kafka: KafkaEndpoint,
+}
+
+impl Running {
+    /// The proxy's data address, when this process runs the proxy.
+    pub fn proxy_address(&self) -> Option<SocketAddr> {
+        self.proxy_address
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.kafka.bootstrap
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The review sink, when this process runs the proxy.
+    pub fn sink(&self) -> Option<&Arc<ReviewSink>> {
+        self.sink.as_ref()
+    }
+
+    /// Whether a component has ended by itself (it failed; [`Running::wait`] says how).
+    pub fn failed(&self) -> bool {
+        let ended = |task: &Option<JoinHandle<anyhow::Result<()>>>| {
+            task.as_ref().is_some_and(JoinHandle::is_finished)
+        };
+        !self.shutdown.is_fired() && (ended(&self.proxy) || ended(&self.join))
+    }
+
+    /// Waits for the shutdown or for the first component to end by itself, then stops every
+    /// component in order and returns the first failure.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let early = tokio::select! {
+            () = self.shutdown.wait() => None,
+            result = ended(&mut self.proxy) => Some(result.context("the proxy failed")),
+            result = ended(&mut self.join) => Some(result.context("the joiner failed")),
+        };
+        if let Some(Err(e)) = &early {
+            error!(
+                error = format!("{e:#}"),
+                "a component failed: stopping the others"
+            );
+        }
+        self.shutdown.fire();
+        let mut first_error = early.and_then(Result::err);
+        for (task, what) in [(self.proxy, "the proxy"), (self.join, "the joiner")] {
+            if let Some(task) = task {
+                let result = joined(task.await).with_context(|| format!("{what} failed"));
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self
+            .admin
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.context("the admin server failed"))
+        {
+            first_error.get_or_insert(e);
+        }
+        // The last clients are gone: now the embedded broker may stop.
+        drop(self.sink);
+        drop(self.kafka);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The result of `task` once it ends, clearing it; pending forever when there is none.
+async fn ended(task: &mut Option<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = joined(handle.await);
+    *task = None;
+    result
+}
+
+fn joined(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.map_err(|e| anyhow::anyhow!("panicked: {e}"))?
+}
+
+async fn bind(address: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {key} = {address}"))
+}
+
+/// Serves the proxy until `shutdown`, then flushes the review records within what is left of
+/// the grace.
+async fn serve_proxy(part: ProxyPart, grace: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
+    let ProxyPart {
+        listener,
+        proxy,
+        sink,
+    } = part;
+    proxy::serve(listener, proxy, shutdown.wait()).await?;
+    let purged = sink.flush(shutdown.remaining(grace)).await;
+    if purged > 0 {
+        warn!(
+            purged,
+            "review records not delivered before the shutdown grace ran out"
+        );
+    }
+    info!("proxy stopped");
+    Ok(())
+}
+
 /// Checks (and creates, when configured) the topics in the background: an unreachable broker
 /// is logged clearly but never stops inference traffic.
 fn check_topics_in_background(config: &KafkaConfig, bootstrap: &str) {
@@ -122,167 +391,4 @@ fn check_topics_in_background(config: &KafkaConfig, bootstrap: &str) {
             ),
         }
     });
-}
-
-/// The proxy with its review pipeline (decision and Kafka sink), as every command runs it.
-pub async fn build_proxy(
-    config: &Config,
-    bootstrap: &str,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
-    let upstream = Upstream::from_config(&config.upstream).await?;
-    build_proxy_on(config, upstream, bootstrap, metrics)
-}
-
-/// [`build_proxy`] with an upstream the caller built (e.g. a SageMaker client whose
-/// credentials do not come from the process environment).
-pub fn build_proxy_on(
-    config: &Config,
-    upstream: Upstream,
-    bootstrap: &str,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<(Arc<Proxy>, Arc<ReviewSink>)> {
-    let decider = Decider::new(config)?;
-    let sink = Arc::new(ReviewSink::new(&config.kafka, bootstrap, metrics.clone())?);
-    let proxy = Proxy::new(
-        ProxySettings::from_config(config),
-        upstream,
-        RouteTable::new(&config.routes),
-        Arc::new(ReviewPipeline::new(decider, sink.clone(), metrics.clone())),
-        metrics,
-    );
-    Ok((proxy, sink))
-}
-
-/// The data and admin listeners, bound before anything else starts so a port in use fails fast.
-struct Listeners {
-    data: TcpListener,
-    admin: TcpListener,
-}
-
-impl Listeners {
-    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let data = TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on server.listen = {}", config.server.listen)
-            })?;
-        let admin = bind_admin(config).await?;
-        Ok(Listeners { data, admin })
-    }
-}
-
-async fn bind_admin(config: &Config) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(config.server.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on server.admin_listen = {}",
-                config.server.admin_listen
-            )
-        })
-}
-
-/// Serves the proxy until `shutdown`, then flushes the review records within what is left of
-/// `shutdown_grace`.
-async fn serve_proxy(
-    config: &Config,
-    bootstrap: &str,
-    metrics: Arc<Metrics>,
-    listeners: Listeners,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    check_topics_in_background(&config.kafka, bootstrap);
-    let (proxy, sink) = build_proxy(config, bootstrap, metrics.clone()).await?;
-    let ready_sink = sink.clone();
-    let ready: admin::Readiness = Arc::new(move || ready_sink.is_ready());
-    let admin = tokio::spawn(admin::serve(
-        listeners.admin,
-        metrics,
-        ready,
-        shutdown.clone().wait(),
-    ));
-    proxy::serve(listeners.data, proxy, shutdown.clone().wait()).await?;
-    let purged = sink
-        .flush(shutdown.remaining(config.server.shutdown_grace))
-        .await;
-    if purged > 0 {
-        warn!(
-            purged,
-            "review records not delivered before the shutdown grace ran out"
-        );
-    }
-    admin.await??;
-    info!("proxy stopped");
-    Ok(())
-}
-
-/// Runs the sidecar proxy and its admin server until `shutdown`.
-pub async fn run_proxy(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let shutdown = Shutdown::on(shutdown);
-    let listeners = Listeners::bind(&config).await?;
-    let kafka = KafkaEndpoint::connect(&config)?;
-    let metrics = Arc::new(Metrics::new());
-    serve_proxy(&config, &kafka.bootstrap, metrics, listeners, shutdown).await
-}
-
-/// Runs the review joiner, with an admin server for its metrics, until `shutdown`.
-pub async fn run_join(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    if config.kafka.is_embedded() {
-        anyhow::bail!(
-            "kafka.brokers = \"embedded\" lives inside one process: use `reviewloop run` or \
-             `reviewloop demo`, or point `join` at a broker"
-        );
-    }
-    let shutdown = Shutdown::on(shutdown);
-    let metrics = Arc::new(Metrics::new());
-    let admin_listener = bind_admin(&config).await?;
-    let admin = tokio::spawn(admin::serve(
-        admin_listener,
-        metrics.clone(),
-        Arc::new(|| true),
-        shutdown.clone().wait(),
-    ));
-    join::run(&config, &config.kafka.brokers, metrics, shutdown.wait()).await?;
-    admin.await??;
-    info!("joiner stopped");
-    Ok(())
-}
-
-/// Runs the proxy and the joiner in one process: one admin server and metrics registry, and
-/// with `brokers = "embedded"` one in-process broker for both. A joiner failure (e.g. topics
-/// not co-partitioned) stops the process.
-pub async fn run_all(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let shutdown = Shutdown::on(shutdown);
-    let listeners = Listeners::bind(&config).await?;
-    let kafka = KafkaEndpoint::connect(&config)?;
-    let metrics = Arc::new(Metrics::new());
-    let joiner = async {
-        join::run(
-            &config,
-            &kafka.bootstrap,
-            metrics.clone(),
-            shutdown.clone().wait(),
-        )
-        .await
-        .map_err(anyhow::Error::from)
-    };
-    let proxy = serve_proxy(
-        &config,
-        &kafka.bootstrap,
-        metrics.clone(),
-        listeners,
-        shutdown.clone(),
-    );
-    tokio::try_join!(proxy, joiner)?;
-    Ok(())
 }

@@ -7,6 +7,7 @@
 //! regression values, NaN) is "no confidence" rather than a guess: the result is always a finite
 //! number in [0, 1], or `None`.
 
+mod config;
 mod jmes;
 mod presets;
 #[cfg(test)]
@@ -15,9 +16,10 @@ mod typed;
 
 use serde_json::Value;
 
-use crate::config::{ConfidenceConfig, Preset};
+use crate::settings::{Problem, quoted};
 
-pub use jmes::JmesReader;
+pub use self::config::{Aggregate, ConfidenceConfig, Preset, Scale};
+pub use self::jmes::JmesReader;
 
 /// A response body, parsed once for the extractor and the conditions.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,18 +145,29 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    /// Compiles the settings; fails only on a missing or invalid JMESPath expression.
-    pub fn new(config: &ConfidenceConfig) -> Result<Extractor, String> {
-        let jmes = match config.preset {
-            Preset::Jmespath => {
-                let expression = config
-                    .expression
-                    .as_deref()
-                    .filter(|e| !e.is_empty())
-                    .ok_or("preset = \"jmespath\" needs an expression")?;
-                Some(JmesReader::new(expression, config.scale, config.aggregate)?)
+    /// Compiles the settings; fails only on a missing, invalid or unused JMESPath
+    /// expression (the problem's key is relative to `[confidence]`).
+    pub fn new(config: &ConfidenceConfig) -> Result<Extractor, Problem> {
+        let jmes = match (config.preset, config.expression.as_deref()) {
+            (Preset::Jmespath, None | Some("")) => {
+                return Err(Problem::new(
+                    "expression",
+                    "\"\"",
+                    "required when preset = \"jmespath\"",
+                ));
             }
-            _ => None,
+            (Preset::Jmespath, Some(expression)) => Some(
+                JmesReader::new(expression, config.scale, config.aggregate)
+                    .map_err(|message| Problem::new("expression", quoted(expression), message))?,
+            ),
+            (_, Some(expression)) => {
+                return Err(Problem::new(
+                    "expression",
+                    quoted(expression),
+                    "only used with preset = \"jmespath\"",
+                ));
+            }
+            (_, None) => None,
         };
         Ok(Extractor {
             preset: config.preset,
@@ -163,6 +176,7 @@ impl Extractor {
     }
 
     /// A preset extractor (not `jmespath`, which needs an expression).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn preset(preset: Preset) -> Extractor {
         debug_assert!(
             preset != Preset::Jmespath,
@@ -172,6 +186,7 @@ impl Extractor {
     }
 
     /// Parses `body` and reads its confidence.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn extract(&self, content_type: Option<&str>, body: &[u8]) -> Option<f64> {
         self.read(&Document::parse(content_type, body))
     }

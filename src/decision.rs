@@ -1,54 +1,28 @@
-//! The review decision: conditions, sampling, budget and the per-request override.
-//!
-//! Per route, a [`Decider`] holds the compiled confidence extractor, the review rule (the simple
-//! `confidence_below`/`sample_percent` keys or a conditions file), the sampling key and a token
-//! bucket. Deciding is pure apart from the bucket's state: time is passed in, nothing is read or
-//! written, so the proxy's review pipeline counts metrics from the returned [`Decision`].
+//! The review decision of one route: confidence, conditions, sampling, budget and the
+//! per-request override, compiled once into a [`Policy`] that the route carries.
 
 mod budget;
+mod config;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use http::HeaderName;
+
 use crate::conditions::{self, Conditions, Facts};
-use crate::confidence::{Document, Extractor};
-use crate::config::{ConfidenceConfig, Config, ReviewConfig, SampleBy};
+use crate::confidence::{ConfidenceConfig, Document, Extractor};
 use crate::exchange::Force;
 use crate::record::Reason;
-use crate::route::DEFAULT_ROUTE;
+use crate::settings::{Problem, quoted};
 
-pub use budget::TokenBucket;
-
-/// Why a configuration's decision settings cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum DecisionError {
-    #[error("cannot read conditions file {}: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "conditions file {} is not valid ({} problem(s)):\n{}",
-        file.display(),
-        problems.len(),
-        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
-    )]
-    Conditions {
-        file: PathBuf,
-        problems: Vec<conditions::Problem>,
-    },
-    #[error("{key}: {message}")]
-    Confidence { key: String, message: String },
-}
+pub use self::budget::TokenBucket;
+pub use self::config::{ReviewConfig, SampleBy};
 
 /// What the decision needs to know of one exchange.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionInput<'a> {
-    /// `crate::route::Route::index`: [`DEFAULT_ROUTE`] or an index into `config.routes`.
-    pub route: usize,
     /// The record id (the sampling key when `sample_by = "id"`).
     pub id: &'a str,
     /// The request body (the sampling key when `sample_by = "input"`).
@@ -82,19 +56,17 @@ impl Decision {
     }
 }
 
-/// Decides, per route, which responses go to review. `Send + Sync`: share it behind an `Arc`.
+/// One route's review policy, compiled from its `[confidence]` and `[review]` settings: the
+/// confidence reader, the rule (the simple keys or a conditions file), the sampling key, the
+/// override header and the budget. Deciding is pure apart from the budget's state: time is
+/// passed in, nothing is read or written, so the caller counts metrics from the [`Decision`].
+/// `Send + Sync`: share it behind an `Arc`.
 #[derive(Debug)]
-pub struct Decider {
-    default: RouteDecider,
-    routes: Vec<RouteDecider>,
-}
-
-#[derive(Debug)]
-struct RouteDecider {
+pub struct Policy {
     extractor: Extractor,
     rule: Rule,
     sample_by: SampleBy,
-    force_header: String,
+    force_header: HeaderName,
     /// `None`: unlimited.
     budget: Option<Mutex<TokenBucket>>,
 }
@@ -115,30 +87,118 @@ enum Rule {
     },
 }
 
-impl Decider {
-    /// Compiles every route's extractor and conditions (reading each `conditions_file`). An
-    /// error names the file and the JSON path of each problem (e.g. `$.Conditions[1].And[0]`).
-    pub fn new(config: &Config) -> Result<Decider, DecisionError> {
-        let default = RouteDecider::new("", &config.confidence, &config.review)?;
-        let routes = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| RouteDecider::new(&format!("routes[{i}]."), &r.confidence, &r.review))
-            .collect::<Result<_, _>>()?;
-        Ok(Decider { default, routes })
+impl Policy {
+    /// Compiles the settings, reading and checking a conditions file. Every problem is
+    /// reported, keyed relative to the route (`confidence.expression`,
+    /// `review.conditions_file` once per problem of the file, with its JSON path).
+    pub fn new(
+        confidence: &ConfidenceConfig,
+        review: &ReviewConfig,
+    ) -> Result<Policy, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let extractor = Extractor::new(confidence)
+            .map_err(|problem| problems.push(problem.under("confidence.")))
+            .ok();
+        let mut bad = |key: &str, value: String, message: &str| {
+            problems.push(Problem::new(format!("review.{key}"), value, message))
+        };
+        let below = review.confidence_below;
+        if !(0.0..=1.0).contains(&below) {
+            bad(
+                "confidence_below",
+                below.to_string(),
+                "must be between 0 and 1",
+            );
+        }
+        let sample = review.sample_percent;
+        if !(0.0..=100.0).contains(&sample) {
+            bad(
+                "sample_percent",
+                sample.to_string(),
+                "must be between 0 and 100",
+            );
+        }
+        let budget = review.budget_per_second;
+        if !(budget >= 0.0 && budget.is_finite()) {
+            bad(
+                "budget_per_second",
+                budget.to_string(),
+                "must be 0 (unlimited) or a positive rate",
+            );
+        }
+        let force_header = HeaderName::from_bytes(review.force_header.as_bytes())
+            .map_err(|_| {
+                bad(
+                    "force_header",
+                    quoted(&review.force_header),
+                    "not a valid HTTP header name",
+                )
+            })
+            .ok();
+        let rule = match &review.conditions_file {
+            None => Some(Rule::Simple {
+                confidence_below: below,
+                sample_percent: sample,
+            }),
+            Some(path) => {
+                let shown = quoted(&path.display().to_string());
+                match std::fs::read(path) {
+                    Err(_) if !path.is_file() => {
+                        bad("conditions_file", shown, "no such file");
+                        None
+                    }
+                    Err(e) => {
+                        bad("conditions_file", shown, &format!("cannot read: {e}"));
+                        None
+                    }
+                    // Each problem of the file, by its JSON path (`$.Conditions[1].And[0]: …`).
+                    Ok(text) => match conditions::parse(&text) {
+                        Ok(conditions) => Some(Rule::File {
+                            sample_percent: conditions
+                                .sampling_percentages()
+                                .into_iter()
+                                .fold(0.0, f64::max),
+                            reads_response: conditions.reads_response(),
+                            conditions,
+                        }),
+                        Err(file_problems) => {
+                            for problem in file_problems {
+                                bad("conditions_file", shown.clone(), &problem.to_string());
+                            }
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        match (extractor, rule, force_header) {
+            (Some(extractor), Some(rule), Some(force_header)) if problems.is_empty() => {
+                Ok(Policy {
+                    extractor,
+                    rule,
+                    sample_by: review.sample_by,
+                    force_header,
+                    budget: (budget > 0.0).then(|| Mutex::new(TokenBucket::new(budget))),
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+
+    /// The request header that overrides this route's decision (`review.force_header`).
+    pub fn force_header(&self) -> &HeaderName {
+        &self.force_header
     }
 
     /// Decides for one exchange at `now` (the budget's clock).
     pub fn decide(&self, input: &DecisionInput<'_>, now: Instant) -> Decision {
-        let route = self.route(input.route);
         // The document is parsed only when the shape needs it or a condition reads it.
-        let quick = match &route.rule {
+        let quick = match &self.rule {
             Rule::File {
                 reads_response: true,
                 ..
             } => None,
-            _ => route
+            _ => self
                 .extractor
                 .read_quick(input.response_content_type, input.response_body),
         };
@@ -146,26 +206,25 @@ impl Decider {
             Some(confidence) => (confidence, None),
             None => {
                 let doc = Document::parse(input.response_content_type, input.response_body);
-                (route.extractor.read(&doc), Some(doc))
+                (self.extractor.read(&doc), Some(doc))
             }
         };
-        let sample_percent = route.sample_percent();
         let mut decision = Decision {
             confidence,
             reasons: Vec::new(),
             conditions: Vec::new(),
-            sample_percent,
+            sample_percent: self.sample_percent(),
             over_budget: false,
         };
         if input.force == Some(Force::Never) {
             return decision;
         }
-        let key = match route.sample_by {
+        let key = match self.sample_by {
             SampleBy::Id => input.id.as_bytes(),
             SampleBy::Input => input.request_body,
         };
         let point = sample_point(key);
-        match &route.rule {
+        match &self.rule {
             Rule::Simple {
                 confidence_below,
                 sample_percent,
@@ -179,7 +238,7 @@ impl Decider {
                     ));
                 }
                 if point < *sample_percent {
-                    let by = match route.sample_by {
+                    let by = match self.sample_by {
                         SampleBy::Id => "id",
                         SampleBy::Input => "input",
                     };
@@ -210,14 +269,14 @@ impl Decider {
             decision.reasons.push(Reason::Forced);
             decision
                 .conditions
-                .push(format!("{}: always", route.force_header));
+                .push(format!("{}: always", self.force_header));
         }
         decision.reasons.sort_unstable();
         decision.reasons.dedup();
         // Forcing bypasses the budget, and does not spend it.
         if !decision.reasons.is_empty()
             && !forced
-            && let Some(budget) = &route.budget
+            && let Some(budget) = &self.budget
         {
             let mut bucket = budget
                 .lock()
@@ -225,63 +284,6 @@ impl Decider {
             decision.over_budget = !bucket.try_take(now);
         }
         decision
-    }
-
-    fn route(&self, index: usize) -> &RouteDecider {
-        if index == DEFAULT_ROUTE {
-            &self.default
-        } else {
-            self.routes.get(index).unwrap_or(&self.default)
-        }
-    }
-}
-
-impl RouteDecider {
-    fn new(
-        prefix: &str,
-        confidence: &ConfidenceConfig,
-        review: &ReviewConfig,
-    ) -> Result<RouteDecider, DecisionError> {
-        let extractor =
-            Extractor::new(confidence).map_err(|message| DecisionError::Confidence {
-                key: format!("{prefix}confidence.expression"),
-                message,
-            })?;
-        let rule = match &review.conditions_file {
-            Some(file) => {
-                let text = std::fs::read(file).map_err(|source| DecisionError::Read {
-                    file: file.clone(),
-                    source,
-                })?;
-                let conditions =
-                    conditions::parse(&text).map_err(|problems| DecisionError::Conditions {
-                        file: file.clone(),
-                        problems,
-                    })?;
-                let sample_percent = conditions
-                    .sampling_percentages()
-                    .into_iter()
-                    .fold(0.0, f64::max);
-                Rule::File {
-                    reads_response: conditions.reads_response(),
-                    conditions,
-                    sample_percent,
-                }
-            }
-            None => Rule::Simple {
-                confidence_below: review.confidence_below,
-                sample_percent: review.sample_percent,
-            },
-        };
-        let budget = (review.budget_per_second > 0.0 && review.budget_per_second.is_finite())
-            .then(|| Mutex::new(TokenBucket::new(review.budget_per_second)));
-        Ok(RouteDecider {
-            extractor,
-            rule,
-            sample_by: review.sample_by,
-            force_header: review.force_header.clone(),
-            budget,
-        })
     }
 
     fn sample_percent(&self) -> f64 {

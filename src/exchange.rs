@@ -53,8 +53,6 @@ pub struct Exchange {
     pub response: Captured,
     pub force: Option<Force>,
     pub model: ModelInfo,
-    /// The response was streamed to the client before the decision (no header can carry it).
-    pub streamed: bool,
 }
 
 /// The review decision as far as the proxy cares: empty when not diverted.
@@ -85,13 +83,4 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// sending a buffered response; a streamed response's future is spawned and not awaited.
 pub trait ExchangeHook: Send + Sync + 'static {
     fn on_exchange(&self, exchange: Exchange) -> BoxFuture<Verdict>;
-}
-
-/// A hook that reviews nothing (the proxy alone, or tests of forwarding).
-pub struct NoReview;
-
-impl ExchangeHook for NoReview {
-    fn on_exchange(&self, _exchange: Exchange) -> BoxFuture<Verdict> {
-        Box::pin(async { Verdict::default() })
-    }
 }

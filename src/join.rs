@@ -65,6 +65,7 @@
 //! reviewers' tools use the Java client), or they land on another partition and end as orphans.
 
 pub mod answer;
+mod config;
 mod runner;
 pub mod state;
 
@@ -77,10 +78,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
-pub use runner::{state_topic_name, transactional_id};
+pub use self::config::{Agreement, JoinConfig};
+pub use self::runner::state_topic_name;
 
-use crate::config::Config;
-use crate::kafka::client_config;
+use crate::kafka::{KafkaConfig, client_config};
 use crate::metrics::Metrics;
 
 /// Why the joiner could not start or had to stop.
@@ -126,12 +127,13 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs one joiner process until `shutdown` resolves (then finishes the open transaction and
 /// leaves the group).
 pub async fn run(
-    config: &Config,
+    join: &JoinConfig,
+    kafka: &KafkaConfig,
     bootstrap: &str,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), JoinError> {
-    let settings = runner::Settings::new(config, bootstrap);
+    let settings = runner::Settings::new(join, kafka, bootstrap);
     prepare_topics(&settings).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();

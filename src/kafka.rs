@@ -2,19 +2,21 @@
 //! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, the startup
 //! topic check ([`ensure_topics`]) and the review sink ([`ReviewSink`]).
 
+mod config;
 mod sink;
 mod topics;
 
-pub use sink::{ReviewSink, SinkError};
-pub use topics::{TopicsReport, ensure_topics, topic_names};
+pub use self::config::{Delivery, EMBEDDED_BROKERS, KafkaConfig, is_secret_option};
+pub use self::sink::ReviewSink;
+#[cfg(feature = "test-util")]
+pub use self::sink::SinkError;
+pub use self::topics::{ensure_topics, topic_names};
 
 use std::sync::mpsc;
 use std::thread;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-
-use crate::config::KafkaConfig;
 
 /// `ce_source` of every record reviewloop writes.
 pub const CE_SOURCE: &str = "reviewloop";

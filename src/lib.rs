@@ -3,42 +3,90 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: config → proxy → decision → record → kafka; and kafka → join → kafka.
+//! Data flows one way: a request through proxy → route's policy (confidence, conditions) →
+//! review record → Kafka; answers through Kafka → join state → Kafka. `config` reads the file
+//! and checks it by calling each component's own checks and constructors; `app` wires the
+//! components into processes. Each component owns its configuration section and its types;
+//! no module imports from a module that imports from it.
 //!
-//! - [`config`]: the TOML file, environment overlay, defaults and validation.
-//! - [`telemetry`]: tracing setup (text or JSON logs, `RUST_LOG`).
-//! - [`metrics`]: the Prometheus metrics, on one registry.
-//! - [`admin`]: the admin server (`/metrics`, `/healthz`, `/readyz`).
-//! - [`route`]: matching request paths to routes and bounded labels.
-//! - [`upstream`]: calling the model (an HTTP server or a SageMaker endpoint).
-//! - [`proxy`]: the data plane: forwarding, body capture, error answers, shutdown.
-//! - [`exchange`]: what the proxy hands to the review pipeline, and the hook trait.
-//! - [`confidence`]: reading a confidence from any model's response (pure).
-//! - [`conditions`]: A2I activation conditions (pure).
-//! - [`decision`]: the review decision: conditions, sampling, budget, override (pure).
+//! The product's facade, used by the binary, the tests and the benchmarks:
+//! - [`app`]: one `App` per process — build (listeners, Kafka, components), spawn, stop in
+//!   order within the grace — for `proxy`, `join`, `run` and `demo`.
+//! - [`config`]: the TOML file, the environment overlay, the all-problems report, and the
+//!   [`config::Checked`] configuration with what the checks compiled.
+//! - [`metrics`]: the Prometheus metrics on one registry, and the typed reasons and outcomes
+//!   they are labelled with.
 //! - [`record`]: the Kafka records' shapes and body encodings.
-//! - [`kafka`]: client configuration, the embedded broker, CloudEvents headers.
-//! - [`review`]: the pipeline behind the hook: decide, count, build and send the record.
-//! - [`join`]: the exactly-once joiner of answers into retraining records.
+//! - [`upstream`]: calling the model (an HTTP server or a SageMaker endpoint).
+//! - [`telemetry`]: tracing setup (text or JSON logs, `RUST_LOG`).
 //! - [`demo`]: the whole loop in one process, with a model that learns.
-//! - [`app`]: wiring the pieces into `proxy`, `join`, `run` and `demo`.
+//!
+//! Inside (public only with the `test-util` feature, for tests and benchmarks):
+//! - `settings`: durations and the problem report every section uses (a leaf).
+//! - `proxy`: the data plane — `[server]`, accepting, forwarding, body capture, error answers.
+//! - `route`: request paths to routes; each route carries its bounded label and its policy.
+//! - `exchange`: what the proxy hands to the review pipeline, and the hook trait.
+//! - `confidence`: `[confidence]`, reading one confidence from any model's response (pure).
+//! - `conditions`: A2I activation conditions (pure).
+//! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
+//!   override (pure apart from the budget's clock, which is passed in).
+//! - `review`: the pipeline behind the hook: decide, count, build and send the record.
+//! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
+//!   checks, the review sink.
+//! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
+//! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod app;
-pub mod conditions;
-pub mod confidence;
 pub mod config;
-pub mod decision;
 pub mod demo;
-pub mod exchange;
-pub mod join;
-pub mod kafka;
 pub mod metrics;
-pub mod proxy;
 pub mod record;
-pub mod review;
-pub mod route;
 pub mod telemetry;
 pub mod upstream;
+
+#[cfg(feature = "test-util")]
+pub mod admin;
+#[cfg(not(feature = "test-util"))]
+mod admin;
+#[cfg(feature = "test-util")]
+pub mod conditions;
+#[cfg(not(feature = "test-util"))]
+mod conditions;
+#[cfg(feature = "test-util")]
+pub mod confidence;
+#[cfg(not(feature = "test-util"))]
+mod confidence;
+#[cfg(feature = "test-util")]
+pub mod decision;
+#[cfg(not(feature = "test-util"))]
+mod decision;
+#[cfg(feature = "test-util")]
+pub mod exchange;
+#[cfg(not(feature = "test-util"))]
+mod exchange;
+#[cfg(feature = "test-util")]
+pub mod join;
+#[cfg(not(feature = "test-util"))]
+mod join;
+#[cfg(feature = "test-util")]
+pub mod kafka;
+#[cfg(not(feature = "test-util"))]
+mod kafka;
+#[cfg(feature = "test-util")]
+pub mod proxy;
+#[cfg(not(feature = "test-util"))]
+mod proxy;
+#[cfg(feature = "test-util")]
+pub mod review;
+#[cfg(not(feature = "test-util"))]
+mod review;
+#[cfg(feature = "test-util")]
+pub mod route;
+#[cfg(not(feature = "test-util"))]
+mod route;
+#[cfg(feature = "test-util")]
+pub mod settings;
+#[cfg(not(feature = "test-util"))]
+mod settings;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reviewloop::app;
-use reviewloop::config::Config;
+use reviewloop::app::{self, App, Roles};
+use reviewloop::config::{Checked, Config};
 use reviewloop::demo::{self, DemoOptions};
 use reviewloop::telemetry::{self, LogFormat};
 
@@ -64,8 +64,8 @@ fn main() -> ExitCode {
     telemetry::init_with_default(cli.log_format, default_filter);
     match cli.command {
         Command::CheckConfig { file } => match Config::load(Some(&file)) {
-            Ok(config) => {
-                print!("{}", config.to_redacted_toml());
+            Ok(checked) => {
+                print!("{}", checked.config.to_redacted_toml());
                 eprintln!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -74,14 +74,8 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Proxy { config } => match load(config) {
-            Ok(config) => run(app::run_proxy(config, app::shutdown_signal())),
-            Err(code) => code,
-        },
-        Command::Join { config } => match load(config) {
-            Ok(config) => run(app::run_join(config, app::shutdown_signal())),
-            Err(code) => code,
-        },
+        Command::Proxy { config } => serve(config, Roles::PROXY),
+        Command::Join { config } => serve(config, Roles::JOIN),
         Command::Demo(options) => {
             let problems = options.validate();
             if !problems.is_empty() {
@@ -93,14 +87,24 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Run { config } => match load(config) {
-            Ok(config) => run(app::run_all(config, app::shutdown_signal())),
-            Err(code) => code,
-        },
+        Command::Run { config } => serve(config, Roles::ALL),
     }
 }
 
-fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+/// Loads the configuration and runs `roles` until SIGTERM/SIGINT.
+fn serve(path: Option<PathBuf>, roles: Roles) -> ExitCode {
+    match load(path) {
+        Ok(checked) => run(async move {
+            App::build(checked, roles)
+                .await?
+                .run(app::shutdown_signal())
+                .await
+        }),
+        Err(code) => code,
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Checked, ExitCode> {
     Config::load(path.as_deref()).map_err(|e| {
         eprintln!("reviewloop: {e}");
         ExitCode::from(EXIT_BAD_CONFIG)

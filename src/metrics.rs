@@ -1,14 +1,97 @@
 //! Prometheus metrics: one `Metrics` struct on its own registry, shared as `Arc<Metrics>`.
 //!
-//! Names and labels are the contract in DESIGN.md; every label is bounded (route labels come
-//! from [`crate::route`], reasons and outcomes from fixed enums).
+//! Names and labels are the contract in the README's metrics table; every label is bounded
+//! (route labels come from [`crate::route`], reasons and outcomes from the enums here and in
+//! [`crate::record`]). Series whose labels are such an enum exist at 0 from the start, so a
+//! dashboard's `rate()` and an alert see them before the first event.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
+use crate::record::{DeadLetterReason, Reason};
+
 const NAMESPACE: &str = "reviewloop";
+
+/// Why a response that could have been reviewed was not (`reviews_skipped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// The review budget was spent.
+    OverBudget,
+    /// No confidence could be read (counted even when nothing else would divert it).
+    NoConfidence,
+    /// The body was larger than `max_inspect_bytes`.
+    TooLarge,
+    /// The Kafka queue was full.
+    QueueFull,
+    /// Kafka refused or failed the record.
+    KafkaError,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 5] = [
+        SkipReason::OverBudget,
+        SkipReason::NoConfidence,
+        SkipReason::TooLarge,
+        SkipReason::QueueFull,
+        SkipReason::KafkaError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::OverBudget => "over_budget",
+            SkipReason::NoConfidence => "no_confidence",
+            SkipReason::TooLarge => "too_large",
+            SkipReason::QueueFull => "queue_full",
+            SkipReason::KafkaError => "kafka_error",
+        }
+    }
+}
+
+/// A Kafka delivery report (`kafka_messages_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Failed,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What became of a reviewer's answer in the joiner (`join_answers_total{outcome}`), counted
+/// once per answer at its final outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AnswerResult {
+    Accepted,
+    Duplicate,
+    Invalid,
+    Orphan,
+}
+
+impl AnswerResult {
+    pub const ALL: [AnswerResult; 4] = [
+        AnswerResult::Accepted,
+        AnswerResult::Duplicate,
+        AnswerResult::Invalid,
+        AnswerResult::Orphan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerResult::Accepted => "accepted",
+            AnswerResult::Duplicate => "duplicate",
+            AnswerResult::Invalid => "invalid",
+            AnswerResult::Orphan => "orphan",
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +101,8 @@ pub struct Metrics {
     pub upstream_duration_seconds: HistogramVec,
     /// Requests being served right now.
     pub requests_in_flight: IntGauge,
+    /// 1 while the review producer reaches a Kafka broker, else 0.
+    pub kafka_up: IntGauge,
     /// `error_type`: the proxy's own error answers (upstream_unreachable, timeout, overloaded…).
     pub proxy_errors_total: IntCounterVec,
     /// `route`; buckets in 0.05 steps.
@@ -130,6 +215,12 @@ impl Metrics {
             "Requests being served by the proxy right now.",
         ))
         .expect("valid metric");
+        let kafka_up = IntGauge::with_opts(opts(
+            "kafka_up",
+            "1 while the review producer reaches a Kafka broker (metadata answered in the last \
+             few seconds), else 0.",
+        ))
+        .expect("valid metric");
         let reviews_pending = IntGauge::with_opts(opts(
             "reviews_pending",
             "Reviews the joiner holds that have not reached their answers yet.",
@@ -151,17 +242,28 @@ impl Metrics {
             Box::new(confidence.clone()),
             Box::new(review_turnaround_seconds.clone()),
             Box::new(requests_in_flight.clone()),
+            Box::new(kafka_up.clone()),
             Box::new(reviews_pending.clone()),
             Box::new(join_partitions_assigned.clone()),
             Box::new(retraining_records_total.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
+        for reason in SkipReason::ALL {
+            reviews_skipped_total.with_label_values(&[reason.as_str()]);
+        }
+        for result in AnswerResult::ALL {
+            join_answers_total.with_label_values(&[result.as_str()]);
+        }
+        for reason in DeadLetterReason::ALL {
+            dead_letters_total.with_label_values(&[reason.as_str()]);
+        }
         Metrics {
             registry,
             requests_total,
             upstream_duration_seconds,
             requests_in_flight,
+            kafka_up,
             proxy_errors_total,
             confidence,
             reviews_diverted_total,
@@ -174,6 +276,67 @@ impl Metrics {
             dead_letters_total,
             review_turnaround_seconds,
         }
+    }
+
+    /// A response not reviewed for `reason`.
+    pub fn review_skipped(&self, reason: SkipReason) {
+        self.reviews_skipped_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// How many responses were not reviewed for `reason` so far.
+    pub fn reviews_skipped(&self, reason: SkipReason) -> u64 {
+        self.reviews_skipped_total
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// A response of `route` sent to review, once per reason.
+    pub fn review_diverted(&self, route: &str, reason: Reason) {
+        self.reviews_diverted_total
+            .with_label_values(&[route, reason.as_str()])
+            .inc();
+    }
+
+    /// `n` delivery reports of `outcome` for `topic`.
+    pub fn kafka_reported(&self, topic: &str, outcome: DeliveryOutcome, n: u64) {
+        self.kafka_messages_total
+            .with_label_values(&[topic, outcome.as_str()])
+            .inc_by(n);
+    }
+
+    /// Delivery reports of `outcome` for `topic` so far.
+    pub fn kafka_reports(&self, topic: &str, outcome: DeliveryOutcome) -> u64 {
+        self.kafka_messages_total
+            .with_label_values(&[topic, outcome.as_str()])
+            .get()
+    }
+
+    /// `n` answers that ended as `result` in the joiner.
+    pub fn join_answered(&self, result: AnswerResult, n: u64) {
+        self.join_answers_total
+            .with_label_values(&[result.as_str()])
+            .inc_by(n);
+    }
+
+    /// `n` dead letters written for `reason`.
+    pub fn dead_lettered(&self, reason: DeadLetterReason, n: u64) {
+        self.dead_letters_total
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
+    }
+
+    /// Dead letters written so far, all reasons together.
+    pub fn dead_letters(&self) -> u64 {
+        DeadLetterReason::ALL
+            .iter()
+            .map(|r| {
+                self.dead_letters_total
+                    .with_label_values(&[r.as_str()])
+                    .get()
+            })
+            .sum()
     }
 
     /// The Prometheus text exposition of every metric.

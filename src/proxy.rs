@@ -10,6 +10,7 @@
 //!    diverted. Any other body (server-sent events, chunked, larger) streams frame by frame; at
 //!    its end the copy goes to the hook, which can no longer change the response.
 
+mod config;
 mod decode;
 pub mod headers;
 mod tap;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,38 +33,35 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use self::config::ServerConfig;
 pub use self::decode::{DecodeError, decode};
 use self::headers::{
     X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
     X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text,
 };
 use self::tap::{Copy, TapBody};
-use crate::config::Config;
 use crate::exchange::{Captured, Exchange, ExchangeHook, Force};
-use crate::metrics::{Metrics, status_class};
+use crate::metrics::{Metrics, SkipReason, status_class};
 use crate::record::ModelInfo;
 use crate::route::{Route, RouteTable};
 use crate::upstream::{Body, BoxError, Upstream, UpstreamError, full_body};
 
-/// The proxy's knobs, taken from `[server]`, `[upstream]` and `[review]`.
+/// The proxy's knobs, taken from `[server]` and `[upstream]`.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub max_inspect_bytes: usize,
     pub max_in_flight: usize,
     pub upstream_timeout: Duration,
-    pub force_header: HeaderName,
     pub shutdown_grace: Duration,
 }
 
 impl ProxySettings {
-    pub fn from_config(config: &Config) -> ProxySettings {
+    pub fn new(server: &ServerConfig, upstream_timeout: Duration) -> ProxySettings {
         ProxySettings {
-            max_inspect_bytes: config.server.max_inspect_bytes,
-            max_in_flight: config.server.max_in_flight,
-            upstream_timeout: config.upstream.timeout,
-            force_header: HeaderName::from_bytes(config.review.force_header.as_bytes())
-                .unwrap_or_else(|_| HeaderName::from_static("x-review")),
-            shutdown_grace: config.server.shutdown_grace,
+            max_inspect_bytes: server.max_inspect_bytes,
+            max_in_flight: server.max_in_flight,
+            upstream_timeout,
+            shutdown_grace: server.shutdown_grace,
         }
     }
 }
@@ -103,7 +101,7 @@ impl ProxyError {
 pub struct Proxy {
     settings: ProxySettings,
     upstream: Upstream,
-    routes: RouteTable,
+    routes: Arc<RouteTable>,
     hook: Arc<dyn ExchangeHook>,
     metrics: Arc<Metrics>,
     in_flight: Arc<Semaphore>,
@@ -139,12 +137,9 @@ struct Pending {
 
 impl Pending {
     /// Builds the exchange from the response copy, or `None` when it cannot be inspected.
-    fn complete(self, response: Copy, streamed: bool, metrics: &Metrics) -> Option<Exchange> {
+    fn complete(self, response: Copy, metrics: &Metrics) -> Option<Exchange> {
         if response.overflowed {
-            metrics
-                .reviews_skipped_total
-                .with_label_values(&["too_large"])
-                .inc();
+            metrics.review_skipped(SkipReason::TooLarge);
             return None;
         }
         let response_body = match decode(
@@ -154,10 +149,7 @@ impl Pending {
         ) {
             Ok(decoded) => Bytes::from(decoded),
             Err(DecodeError::TooLarge) => {
-                metrics
-                    .reviews_skipped_total
-                    .with_label_values(&["too_large"])
-                    .inc();
+                metrics.review_skipped(SkipReason::TooLarge);
                 return None;
             }
             // Undecodable: inspect the bytes as they are (the decision finds no confidence).
@@ -202,7 +194,6 @@ impl Pending {
             },
             force: self.force,
             model: self.model,
-            streamed,
         })
     }
 }
@@ -211,7 +202,7 @@ impl Proxy {
     pub fn new(
         settings: ProxySettings,
         upstream: Upstream,
-        routes: RouteTable,
+        routes: Arc<RouteTable>,
         hook: Arc<dyn ExchangeHook>,
         metrics: Arc<Metrics>,
     ) -> Arc<Proxy> {
@@ -235,7 +226,7 @@ impl Proxy {
     async fn handle_body(self: Arc<Self>, request: Request<Body>) -> Response<Body> {
         let id = record_id(request.headers());
         let route = self.routes.resolve(request.uri().path()).clone();
-        let span = info_span!("request", %id, method = %request.method(), route = %route.label);
+        let span = info_span!("request", %id, method = %request.method(), route = %route.label());
         async move {
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                 return self.error_response(&id, &route, ProxyError::Overloaded);
@@ -264,7 +255,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let force = parts
             .headers
-            .remove(&self.settings.force_header)
+            .remove(route.policy().force_header())
             .and_then(|v| Force::parse(v.as_bytes()));
         remove_hop_by_hop(&mut parts.headers);
         if !parts.headers.contains_key(X_REQUEST_ID) {
@@ -300,7 +291,7 @@ impl Proxy {
         };
         self.metrics
             .upstream_duration_seconds
-            .with_label_values(&[&route.label])
+            .with_label_values(&[route.label()])
             .observe(started.elapsed().as_secs_f64());
 
         let (mut parts, body) = response.into_parts();
@@ -351,7 +342,7 @@ impl Proxy {
                     bytes: body.clone(),
                     overflowed: false,
                 };
-                if let Some(exchange) = pending.complete(copy, false, &self.metrics) {
+                if let Some(exchange) = pending.complete(copy, &self.metrics) {
                     let verdict = self.hook.on_exchange(exchange).await;
                     if verdict.diverted()
                         && let Ok(value) = verdict.header_value().parse()
@@ -366,7 +357,7 @@ impl Proxy {
             Inspection::Streamed => {
                 let proxy = self.clone();
                 let tapped = TapBody::capture(body, self.settings.max_inspect_bytes, move |copy| {
-                    if let Some(exchange) = pending.complete(copy, true, &proxy.metrics) {
+                    if let Some(exchange) = pending.complete(copy, &proxy.metrics) {
                         let handled = proxy.hook.on_exchange(exchange);
                         tokio::spawn(handled.in_current_span());
                     }
@@ -375,10 +366,7 @@ impl Proxy {
                 Response::from_parts(parts, tapped.with_guard(guard).boxed_unsync())
             }
             Inspection::TooLarge => {
-                self.metrics
-                    .reviews_skipped_total
-                    .with_label_values(&["too_large"])
-                    .inc();
+                self.metrics.review_skipped(SkipReason::TooLarge);
                 self.count(&route, status);
                 Response::from_parts(
                     parts,
@@ -391,7 +379,7 @@ impl Proxy {
     fn count(&self, route: &Route, status: StatusCode) {
         self.metrics
             .requests_total
-            .with_label_values(&[&route.label, status_class(status.as_u16())])
+            .with_label_values(&[route.label(), status_class(status.as_u16())])
             .inc();
     }
 

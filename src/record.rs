@@ -253,6 +253,13 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 4] = [
+        DeadLetterReason::Invalid,
+        DeadLetterReason::Orphan,
+        DeadLetterReason::Expired,
+        DeadLetterReason::NoAgreement,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::Invalid => "invalid",

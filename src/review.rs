@@ -1,8 +1,8 @@
 //! The review pipeline behind the proxy's hook: decide, count, build and send the record.
 //!
-//! For each completed 2xx exchange: the [`Decider`] reads the confidence and applies the route's
-//! conditions, sampling, budget and override; the decision's metrics are counted here (the
-//! decider is pure); a diverted exchange becomes a [`ReviewRecord`] handed to the
+//! For each completed 2xx exchange: the route's [`Policy`](crate::decision::Policy) reads the
+//! confidence and applies its conditions, sampling, budget and override; the decision's metrics
+//! are counted here (the policy is pure); a diverted exchange becomes a [`ReviewRecord`] handed to the
 //! [`ReviewSink`] — without waiting in `delivery = "async"`, after the broker's ack in `sync`.
 //! A failed ack never changes the client's answer: reviews are a side channel, so the response
 //! goes out unchanged (without `x-reviewloop-review`, since the review was not recorded) and the
@@ -13,66 +13,50 @@ use std::time::Instant;
 
 use tracing::warn;
 
-use crate::decision::{Decider, Decision, DecisionInput};
+use crate::decision::{Decision, DecisionInput};
 use crate::exchange::{BoxFuture, Captured, Exchange, ExchangeHook, Verdict};
 use crate::kafka::ReviewSink;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SkipReason};
 use crate::record::{Payload, ResponsePayload, ReviewRecord, rfc3339_millis};
 
 pub struct ReviewPipeline {
-    decider: Decider,
     sink: Arc<ReviewSink>,
     metrics: Arc<Metrics>,
 }
 
 impl ReviewPipeline {
-    pub fn new(decider: Decider, sink: Arc<ReviewSink>, metrics: Arc<Metrics>) -> ReviewPipeline {
-        ReviewPipeline {
-            decider,
-            sink,
-            metrics,
-        }
+    pub fn new(sink: Arc<ReviewSink>, metrics: Arc<Metrics>) -> ReviewPipeline {
+        ReviewPipeline { sink, metrics }
     }
 
     fn decide(&self, exchange: &Exchange) -> Decision {
         let input = DecisionInput {
-            route: exchange.route.index,
             id: &exchange.id,
             request_body: &exchange.request.body,
             response_content_type: exchange.response.content_type.as_deref(),
             response_body: &exchange.response.body,
             force: exchange.force,
         };
-        let decision = self.decider.decide(&input, Instant::now());
+        let decision = exchange.route.policy().decide(&input, Instant::now());
         self.count(exchange, &decision);
         decision
     }
 
     fn count(&self, exchange: &Exchange, decision: &Decision) {
-        let route = &*exchange.route.label;
+        let route = exchange.route.label();
         match decision.confidence {
             Some(confidence) => self
                 .metrics
                 .confidence
                 .with_label_values(&[route])
                 .observe(confidence),
-            None => self
-                .metrics
-                .reviews_skipped_total
-                .with_label_values(&["no_confidence"])
-                .inc(),
+            None => self.metrics.review_skipped(SkipReason::NoConfidence),
         }
         if decision.over_budget {
-            self.metrics
-                .reviews_skipped_total
-                .with_label_values(&["over_budget"])
-                .inc();
+            self.metrics.review_skipped(SkipReason::OverBudget);
         } else {
-            for reason in &decision.reasons {
-                self.metrics
-                    .reviews_diverted_total
-                    .with_label_values(&[route, reason.as_str()])
-                    .inc();
+            for &reason in &decision.reasons {
+                self.metrics.review_diverted(route, reason);
             }
         }
     }
@@ -85,7 +69,7 @@ pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
     ReviewRecord {
         id: exchange.id.clone(),
         time: rfc3339_millis(exchange.received_at),
-        route: exchange.route.label.to_string(),
+        route: exchange.route.label().to_owned(),
         request: payload(&exchange.request),
         response: ResponsePayload {
             status: exchange.status,

@@ -5,20 +5,54 @@
 //! the well-known inference template it matches (`/invocations`, `/v2/models/{model}/infer`, …)
 //! or `other`, so a client can never grow the metrics' label set.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::RouteConfig;
+use serde::{Deserialize, Serialize};
 
-/// The default route's index: top-level `confidence`/`review` settings apply.
-pub const DEFAULT_ROUTE: usize = usize::MAX;
+use crate::confidence::ConfidenceConfig;
+use crate::decision::{Policy, ReviewConfig};
+use crate::settings::{Problem, quoted};
 
-/// The route a request was matched to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Index into `Config::routes`, or [`DEFAULT_ROUTE`].
-    pub index: usize,
+/// A named route: requests whose path matches get their own label and decision settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// A path prefix (`/sentiment`) or a template (`/v2/models/{model}/infer`).
+    pub path: String,
+    pub confidence: ConfidenceConfig,
+    pub review: ReviewConfig,
+}
+
+/// The route a request was matched to: its bounded label and its own review policy. Cheap
+/// to clone (one reference count).
+#[derive(Debug, Clone)]
+pub struct Route(Arc<RouteInner>);
+
+#[derive(Debug)]
+struct RouteInner {
+    label: Arc<str>,
+    policy: Arc<Policy>,
+}
+
+impl Route {
+    fn new(label: &str, policy: Arc<Policy>) -> Route {
+        Route(Arc::new(RouteInner {
+            label: Arc::from(label),
+            policy,
+        }))
+    }
+
     /// The metrics label and the review record's `route`.
-    pub label: Arc<str>,
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+
+    /// The decision settings of this route (the top-level ones for unconfigured paths).
+    pub fn policy(&self) -> &Policy {
+        &self.0.policy
+    }
 }
 
 /// Paths model servers commonly expose, used as labels for requests no configured route claims.
@@ -66,37 +100,64 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table; route paths were checked by config validation.
-    pub fn new(routes: &[RouteConfig]) -> RouteTable {
-        let configured = routes
-            .iter()
-            .enumerate()
-            .map(|(index, route)| {
-                let route_ref = Route {
-                    index,
-                    label: Arc::from(route.name.as_str()),
-                };
-                (Pattern::parse(&route.path), route_ref)
-            })
-            .collect();
+    /// Compiles every route's policy; the top-level `[confidence]`/`[review]` settings are the
+    /// policy of every path no configured route claims. Every problem is reported, with its
+    /// full key (`review.…` for the top level, `routes[1].…` for a route).
+    pub fn new(
+        confidence: &ConfidenceConfig,
+        review: &ReviewConfig,
+        routes: &[RouteConfig],
+    ) -> Result<RouteTable, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let default = Policy::new(confidence, review)
+            .map_err(|found| problems.extend(found))
+            .ok()
+            .map(Arc::new);
+        let mut names = HashSet::new();
+        let mut configured = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let prefix = format!("routes[{i}].");
+            if route.name.trim().is_empty() {
+                problems.push(Problem::new(
+                    format!("{prefix}name"),
+                    quoted(&route.name),
+                    "every route needs a name (it is the metrics label)",
+                ));
+            } else if !names.insert(route.name.as_str()) {
+                problems.push(Problem::new(
+                    format!("{prefix}name"),
+                    quoted(&route.name),
+                    "route names must be unique",
+                ));
+            }
+            let pattern = Pattern::parse(&route.path).map_err(|message| {
+                problems.push(Problem::new(
+                    format!("{prefix}path"),
+                    quoted(&route.path),
+                    message,
+                ))
+            });
+            let policy = Policy::new(&route.confidence, &route.review)
+                .map_err(|found| problems.extend(found.into_iter().map(|p| p.under(&prefix))));
+            if let (Ok(pattern), Ok(policy)) = (pattern, policy) {
+                configured.push((pattern, Route::new(&route.name, Arc::new(policy))));
+            }
+        }
+        let Some(default) = default.filter(|_| problems.is_empty()) else {
+            return Err(problems);
+        };
         let well_known = WELL_KNOWN
             .iter()
             .map(|template| {
-                let route = Route {
-                    index: DEFAULT_ROUTE,
-                    label: Arc::from(*template),
-                };
+                let route = Route::new(template, default.clone());
                 (Pattern::Template(parse_template(template)), route)
             })
             .collect();
-        RouteTable {
+        Ok(RouteTable {
             configured,
             well_known,
-            other: Route {
-                index: DEFAULT_ROUTE,
-                label: Arc::from(OTHER),
-            },
-        }
+            other: Route::new(OTHER, default),
+        })
     }
 
     pub fn resolve(&self, path: &str) -> &Route {
@@ -109,12 +170,17 @@ impl RouteTable {
 }
 
 impl Pattern {
-    fn parse(path: &str) -> Pattern {
-        if path.contains('{') {
+    /// A configured route's path: a template with `{params}`, else a prefix.
+    fn parse(path: &str) -> Result<Pattern, String> {
+        if !path.starts_with('/') {
+            return Err("must start with '/'".into());
+        }
+        check_template(path)?;
+        Ok(if path.contains('{') {
             Pattern::Template(parse_template(path))
         } else {
             Pattern::Prefix(path.trim_end_matches('/').to_owned())
-        }
+        })
     }
 
     fn matches(&self, path: &str) -> bool {
@@ -130,8 +196,8 @@ impl Pattern {
     }
 }
 
-/// Checks a route path as config validation needs: balanced, named, non-adjacent `{params}`.
-pub fn check_template(path: &str) -> Result<(), String> {
+/// Checks a route path: balanced, named, non-adjacent `{params}`.
+fn check_template(path: &str) -> Result<(), String> {
     let mut rest = path;
     let mut last_was_param = false;
     while let Some(open) = rest.find(['{', '}']) {
@@ -204,33 +270,89 @@ mod tests {
                 ..RouteConfig::default()
             })
             .collect();
-        RouteTable::new(&routes)
+        RouteTable::new(
+            &ConfidenceConfig::default(),
+            &ReviewConfig::default(),
+            &routes,
+        )
+        .unwrap()
+    }
+
+    fn label<'a>(t: &'a RouteTable, path: &str) -> &'a str {
+        t.resolve(path).label()
     }
 
     #[test]
     fn configured_routes_win_in_order() {
         let t = table(&[("sentiment", "/v2/models/{model}/infer"), ("api", "/api")]);
-        let r = t.resolve("/v2/models/bert/infer");
-        assert_eq!((&*r.label, r.index), ("sentiment", 0));
-        assert_eq!(&*t.resolve("/api/x/y").label, "api");
-        assert_eq!(&*t.resolve("/api").label, "api");
-        assert_eq!(&*t.resolve("/apix").label, "other");
+        assert_eq!(label(&t, "/v2/models/bert/infer"), "sentiment");
+        assert_eq!(label(&t, "/api/x/y"), "api");
+        assert_eq!(label(&t, "/api"), "api");
+        assert_eq!(label(&t, "/apix"), "other");
+    }
+
+    #[test]
+    fn each_route_resolves_to_its_own_policy() {
+        let mut special = RouteConfig {
+            name: "special".into(),
+            path: "/special".into(),
+            ..RouteConfig::default()
+        };
+        special.review.force_header = "x-special-review".into();
+        let t = RouteTable::new(
+            &ConfidenceConfig::default(),
+            &ReviewConfig::default(),
+            &[special],
+        )
+        .unwrap();
+        assert_eq!(
+            t.resolve("/special/a").policy().force_header(),
+            "x-special-review"
+        );
+        assert_eq!(
+            t.resolve("/invocations").policy().force_header(),
+            "x-review"
+        );
+        assert_eq!(t.resolve("/elsewhere").policy().force_header(), "x-review");
+    }
+
+    #[test]
+    fn bad_routes_are_all_reported_with_their_index() {
+        let routes = [
+            RouteConfig {
+                name: "a".into(),
+                path: "/a".into(),
+                ..RouteConfig::default()
+            },
+            RouteConfig {
+                name: "a".into(),
+                path: "/b/{".into(),
+                ..RouteConfig::default()
+            },
+        ];
+        let problems = RouteTable::new(
+            &ConfidenceConfig::default(),
+            &ReviewConfig::default(),
+            &routes,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["routes[1].name", "routes[1].path"]);
     }
 
     #[test]
     fn unclaimed_paths_get_a_bounded_template_label() {
         let t = table(&[]);
-        assert_eq!(&*t.resolve("/invocations").label, "/invocations");
+        assert_eq!(label(&t, "/invocations"), "/invocations");
         assert_eq!(
-            &*t.resolve("/v1/models/resnet:predict").label,
+            label(&t, "/v1/models/resnet:predict"),
             "/v1/models/{model}:predict"
         );
         assert_eq!(
-            &*t.resolve("/v2/models/m/versions/3/infer").label,
+            label(&t, "/v2/models/m/versions/3/infer"),
             "/v2/models/{model}/versions/{version}/infer"
         );
-        assert_eq!(&*t.resolve("/random/1234").label, "other");
-        assert_eq!(t.resolve("/random/1234").index, DEFAULT_ROUTE);
+        assert_eq!(label(&t, "/random/1234"), "other");
     }
 
     #[test]

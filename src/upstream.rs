@@ -2,6 +2,7 @@
 //! endpoint. Both take and give plain `http` requests and responses, so the proxy's capture,
 //! decision and Kafka path is the same code whatever the upstream.
 
+mod config;
 mod sagemaker;
 
 use std::time::Duration;
@@ -15,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub use self::config::{UpstreamConfig, UpstreamKind};
 pub use self::sagemaker::SagemakerUpstream;
-use crate::config::{UpstreamConfig, UpstreamKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -136,17 +137,11 @@ pub struct HttpUpstream {
 
 impl HttpUpstream {
     pub fn new(url: &str, connect_timeout: Duration) -> Result<HttpUpstream, UpstreamInitError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| UpstreamInitError(format!("url {url:?}: {e}")))?;
-        let parts = uri.into_parts();
-        let authority = parts
-            .authority
-            .ok_or_else(|| UpstreamInitError(format!("url {url:?} has no host")))?;
-        let base_path = parts
-            .path_and_query
-            .map(|p| p.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
+        let BaseUrl {
+            scheme,
+            authority,
+            base_path,
+        } = BaseUrl::parse(url).map_err(|e| UpstreamInitError(format!("url {url:?} {e}")))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -156,7 +151,7 @@ impl HttpUpstream {
             .build(connector);
         Ok(HttpUpstream {
             client,
-            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            scheme,
             authority,
             base_path,
         })
@@ -185,5 +180,37 @@ impl HttpUpstream {
             Err(e) if e.is_connect() => Err(UpstreamError::Unreachable(Box::new(e))),
             Err(e) => Err(UpstreamError::Failed(Box::new(e))),
         }
+    }
+}
+
+/// A model server's base URL: `http://host:port/optional/base/path`.
+pub(crate) struct BaseUrl {
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+}
+
+impl BaseUrl {
+    /// Parses an absolute `http://` URL; the error says what is wrong, for config problems.
+    pub(crate) fn parse(url: &str) -> Result<BaseUrl, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("is not a valid URL: {e}"))?;
+        let parts = uri.into_parts();
+        match parts.scheme.as_ref().map(Scheme::as_str) {
+            Some("http") => {}
+            Some(other) => return Err(format!("has scheme {other:?}; use http://")),
+            None => return Err("must be an absolute http:// URL".into()),
+        }
+        let authority = parts.authority.ok_or("has no host")?;
+        let base_path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        Ok(BaseUrl {
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority,
+            base_path,
+        })
     }
 }

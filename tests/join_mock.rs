@@ -56,7 +56,8 @@ async fn refuses_inputs_that_are_not_co_partitioned() {
     config.kafka.create_topics = false;
     let run = |config: Config, bootstrap: String| async move {
         join::run(
-            &config,
+            &config.join,
+            &config.kafka,
             &bootstrap,
             std::sync::Arc::new(Metrics::new()),
             std::future::pending(),

@@ -44,7 +44,7 @@ async fn app(bootstrap: &str, tune: impl FnOnce(&mut Config)) -> TestApp {
     tune(&mut config);
     let app = spawn_app(config).await;
     assert!(
-        wait_until(Duration::from_secs(20), || app.sink.is_ready()).await,
+        wait_until(Duration::from_secs(20), || app.sink.is_kafka_up()).await,
         "the review sink never connected"
     );
     app

@@ -32,7 +32,7 @@ async fn fresh_topics(name: &str, bootstrap: &str) -> KafkaConfig {
 
 async fn ready(sink: &ReviewSink) {
     assert!(
-        wait_until(Duration::from_secs(20), || sink.is_ready()).await,
+        wait_until(Duration::from_secs(20), || sink.is_kafka_up()).await,
         "the sink never fetched metadata"
     );
 }

@@ -7,8 +7,8 @@
 use jmespath::{Expression, Rcvar, Variable};
 use serde_json::Value;
 
+use super::{Aggregate, Scale};
 use super::{Document, min_of, unit};
-use crate::config::{Aggregate, Scale};
 
 #[derive(Debug)]
 pub struct JmesReader {

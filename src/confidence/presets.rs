@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use super::Preset;
 use super::{Document, binary, min_of, unit};
-use crate::config::Preset;
 
 pub(super) fn read(preset: Preset, doc: &Document<'_>) -> Option<f64> {
     match preset {

@@ -2,7 +2,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::config::{Aggregate, Scale};
+use super::{Aggregate, Scale};
 
 const PRESETS: [Preset; 10] = [
     Preset::Auto,
@@ -428,7 +428,7 @@ fn jmespath_needs_a_valid_expression() {
     };
     assert!(Extractor::new(&config(None)).is_err());
     let err = Extractor::new(&config(Some("predictions[*"))).unwrap_err();
-    assert!(err.contains("not a valid JMESPath"), "{err}");
+    assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
 }
 
 fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {

@@ -42,6 +42,7 @@ impl TokenBucket {
         }
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> f64 {
         self.capacity
     }

@@ -1,16 +1,31 @@
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::config::Config;
+use crate::route::RouteTable;
 
-fn config(toml: &str) -> Config {
-    Config::from_toml_with_env(toml, "test.toml", Vec::new()).unwrap()
+/// The routes of a configuration, deciding as the proxy does: by the policy of the route a
+/// path resolves to.
+struct Decider(Arc<RouteTable>);
+
+impl Decider {
+    /// The decision on an unconfigured path: the top-level settings.
+    fn decide(&self, input: &DecisionInput<'_>, now: Instant) -> Decision {
+        self.on("/invocations", input, now)
+    }
+
+    fn on(&self, path: &str, input: &DecisionInput<'_>, now: Instant) -> Decision {
+        self.0.resolve(path).policy().decide(input, now)
+    }
 }
 
 fn decider(toml: &str) -> Decider {
-    Decider::new(&config(toml)).unwrap()
+    let checked = Config::from_toml_with_env(toml, "test.toml", Vec::new()).unwrap();
+    Decider(checked.routes)
 }
 
 fn conditions_file(json: &str) -> tempfile::NamedTempFile {
@@ -29,7 +44,6 @@ const NONE: &str = r#"{"message": "no probabilities here"}"#;
 
 fn input<'a>(id: &'a str, body: &'a str) -> DecisionInput<'a> {
     DecisionInput {
-        route: DEFAULT_ROUTE,
         id,
         request_body: b"{\"inputs\": \"hello\"}",
         response_content_type: Some("application/json"),
@@ -46,9 +60,9 @@ fn forced(force: Force, body: &str) -> DecisionInput<'_> {
 }
 
 #[test]
-fn the_decider_can_be_shared_between_threads() {
+fn a_policy_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Decider>();
+    assert_send_sync::<Policy>();
 }
 
 #[test]
@@ -176,19 +190,15 @@ fn routes_use_their_own_settings_and_unknown_routes_the_default() {
         "#,
     );
     let now = Instant::now();
-    let on = |route: usize| {
-        d.decide(
-            &DecisionInput {
-                route,
-                ..input("a", LOW)
-            },
-            now,
-        )
-    };
-    assert!(!on(DEFAULT_ROUTE).diverted());
-    assert_eq!(on(0).reasons, [Reason::LowConfidence]);
-    assert_eq!(on(0).sample_percent, 0.0, "inherited from the top level");
-    assert!(!on(7).diverted());
+    let on = |path: &str| d.on(path, &input("a", LOW), now);
+    assert!(!on("/invocations").diverted());
+    assert_eq!(on("/strict/x").reasons, [Reason::LowConfidence]);
+    assert_eq!(
+        on("/strict").sample_percent,
+        0.0,
+        "inherited from the top level"
+    );
+    assert!(!on("/elsewhere").diverted());
 }
 
 #[test]
@@ -205,13 +215,7 @@ fn a_route_can_read_confidence_its_own_way() {
         "#,
     );
     let body = r#"{"result": {"label": "cat", "certainty": 42.0}}"#;
-    let decision = d.decide(
-        &DecisionInput {
-            route: 0,
-            ..input("a", body)
-        },
-        Instant::now(),
-    );
+    let decision = d.on("/custom", &input("a", body), Instant::now());
     assert_eq!(decision.confidence, Some(0.42));
     assert_eq!(decision.reasons, [Reason::LowConfidence]);
     assert_eq!(d.decide(&input("a", body), Instant::now()).confidence, None);
@@ -300,25 +304,19 @@ fn a_broken_conditions_file_is_refused_with_its_name_and_json_path() {
             {"ConditionType": "ConfidenceCheck", "ConditionParameters": {"ConfidenceLessThan": 70}}
         ]}]}"#,
     );
-    // Config validation refuses it too (config tests); the decider does not rely on that.
-    let mut config = Config::default();
-    config.routes.push(crate::config::RouteConfig {
-        name: "r".into(),
-        path: "/r".into(),
-        review: ReviewConfig {
-            conditions_file: Some(file.path().to_owned()),
-            ..ReviewConfig::default()
-        },
-        ..Default::default()
-    });
-    let err = Decider::new(&config).unwrap_err();
-    let text = err.to_string();
+    let review = ReviewConfig {
+        conditions_file: Some(file.path().to_owned()),
+        ..ReviewConfig::default()
+    };
+    let problems = Policy::new(&ConfidenceConfig::default(), &review).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let text = problems[0].to_string();
+    assert!(text.starts_with("review.conditions_file = "), "{text}");
     assert!(text.contains(&file.path().display().to_string()), "{text}");
     assert!(
         text.contains("$.Conditions[0].Or[1].ConditionParameters.ConfidenceLessThan"),
         "{text}"
     );
-    assert!(matches!(err, DecisionError::Conditions { ref problems, .. } if problems.len() == 1));
 }
 
 #[test]

@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::JoinConfig;
 use super::JoinError;
 use super::answer::{self, Invalid};
 use super::state::{Effect, Entry, JoinState, ReceivedAnswer, ReviewOutcome, ReviewRef, Rules};
-use crate::config::{Config, KafkaConfig};
+use crate::kafka::KafkaConfig;
 use crate::kafka::{CE_DEAD_LETTER, CE_RETRAINING_EXAMPLE, client_config, cloudevent_headers};
 use crate::metrics::Metrics;
 use crate::record::{
@@ -68,17 +69,17 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub fn new(config: &Config, bootstrap: &str) -> Settings {
+    pub fn new(join: &JoinConfig, kafka: &KafkaConfig, bootstrap: &str) -> Settings {
         Settings {
-            kafka: config.kafka.clone(),
+            kafka: kafka.clone(),
             bootstrap: bootstrap.to_owned(),
-            group_id: config.join.group_id.clone(),
-            review_topic: config.kafka.review_topic.clone(),
-            completed_topic: config.kafka.completed_topic.clone(),
-            state_topic: state_topic_name(&config.join.group_id),
-            retraining_topic: config.kafka.retraining_topic.clone(),
-            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-            rules: Rules::from_config(&config.join),
+            group_id: join.group_id.clone(),
+            review_topic: kafka.review_topic.clone(),
+            completed_topic: kafka.completed_topic.clone(),
+            state_topic: state_topic_name(&join.group_id),
+            retraining_topic: kafka.retraining_topic.clone(),
+            dead_letter_topic: kafka.dead_letter_topic.clone(),
+            rules: Rules::from_config(join),
         }
     }
 
@@ -501,7 +502,7 @@ impl Core {
         info!(
             partition,
             pending = state.pending(),
-            held = state.len(),
+            held = state.held(),
             review_offset = ?positions.review,
             completed_offset = ?positions.completed,
             took_ms = started.elapsed().as_millis() as u64,
@@ -983,10 +984,7 @@ fn render_effect(
                 )),
                 DeadLetterReason::NoAgreement => Some(format!(
                     "the answers have no {} answer",
-                    match settings.rules.agreement {
-                        crate::config::Agreement::Majority => "majority",
-                        crate::config::Agreement::Unanimous => "unanimous",
-                    }
+                    settings.rules.agreement.as_str()
                 )),
                 DeadLetterReason::Invalid => None,
             };

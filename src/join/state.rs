@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Agreement, JoinConfig};
+use super::{Agreement, JoinConfig};
 use crate::record::{Answer, DeadLetterReason};
 
 /// The consolidation and timeout rules, from `[join]`.
@@ -162,14 +162,6 @@ pub enum Effect {
     },
 }
 
-impl Effect {
-    pub fn id(&self) -> &str {
-        match self {
-            Effect::Joined { id, .. } | Effect::Dead { id, .. } => id,
-        }
-    }
-}
-
 /// The consensus of `answers` under `agreement`: the label and the fraction agreeing with it
 /// (rounded to two decimals: 2 of 3 is 0.67). `None` is no agreement. Answers are compared
 /// as JSON values (object key order does not matter).
@@ -233,10 +225,6 @@ impl JoinState {
         }
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
     /// Reviews and early answers still waiting for their counterpart (the
     /// `reviewloop_reviews_pending` gauge).
     pub fn pending(&self) -> usize {
@@ -244,16 +232,8 @@ impl JoinState {
     }
 
     /// Ids held, closed ones included.
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn get(&self, id: &str) -> Option<&Entry> {
-        self.entries.get(id)
     }
 
     /// A review record arrived. It completes the item when its answers came first.
@@ -672,7 +652,7 @@ mod tests {
         state.take_changes();
         assert!(state.expire(0, 12_000).is_empty());
         assert_eq!(state.take_changes(), vec![("slow".to_string(), None)]);
-        assert!(state.is_empty());
+        assert_eq!(state.held(), 0);
     }
 
     #[test]
@@ -685,9 +665,9 @@ mod tests {
             AnswerOutcome::Duplicate
         );
         assert!(state.expire(0, 50_999).is_empty());
-        assert!(!state.is_empty());
+        assert!(state.held() > 0);
         assert!(state.expire(0, 51_000).is_empty());
-        assert!(state.is_empty());
+        assert_eq!(state.held(), 0);
     }
 
     #[test]
@@ -705,7 +685,7 @@ mod tests {
                 answers: vec![answer("a", "cat", 9, 5_000)],
             }]
         );
-        assert!(state.is_empty());
+        assert_eq!(state.held(), 0);
         assert_eq!(state.pending(), 0);
     }
 
@@ -801,7 +781,10 @@ mod tests {
             let mut outputs: HashMap<String, usize> = HashMap::new();
             for (i, event) in events.iter().enumerate() {
                 if let Some(effect) = apply(&mut state, event, i as i64) {
-                    *outputs.entry(effect.id().to_string()).or_default() += 1;
+                    let id = match &effect {
+                        Effect::Joined { id, .. } | Effect::Dead { id, .. } => id.clone(),
+                    };
+                    *outputs.entry(id).or_default() += 1;
                 }
             }
             let mut reviewed = HashSet::new();
@@ -885,7 +868,7 @@ mod tests {
                 restored.restore(&id, entry);
             }
             prop_assert_eq!(restored.pending(), live.pending());
-            prop_assert_eq!(restored.len(), live.len());
+            prop_assert_eq!(restored.held(), live.held());
             let mut restored_out = live_out.clone();
             for (i, event) in events[cut..].iter().enumerate() {
                 let offset = (cut + i) as i64;

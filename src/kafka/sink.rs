@@ -43,12 +43,14 @@
 //! and failed also count `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
 //! once the queue is drained; nothing is lost silently.
 //!
-//! # Readiness and an unreachable broker
+//! # An unreachable broker
 //!
 //! [`ReviewSink::new`] never waits for the broker. A background thread fetches cluster metadata
-//! until it succeeds; [`ReviewSink::is_ready`] turns true then and stays true (an outage later
-//! must not take the proxy out of its load balancer: reviews are a side channel). While the
-//! broker is unreachable an error is logged, inference goes on, and records queue up.
+//! every few seconds for as long as the sink lives: `reviewloop_kafka_up` is 1 while the broker
+//! answers and 0 while it does not, and each change is logged once (an error while it stays
+//! down, repeated each minute). Inference goes on meanwhile and records queue up.
+//! [`ReviewSink::is_kafka_up`] is what `/readyz` reads when `server.ready_requires_kafka` asks
+//! it to; by default readiness does not depend on Kafka, since reviews are a side channel.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -65,14 +67,16 @@ use rdkafka::producer::{
 use tokio::sync::oneshot;
 
 use super::{CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers};
-use crate::config::{Delivery, KafkaConfig};
-use crate::metrics::Metrics;
+use super::{Delivery, KafkaConfig};
+use crate::metrics::{DeliveryOutcome, Metrics, SkipReason};
 use crate::record::ReviewRecord;
 
-/// How long one metadata request of the readiness probe may take.
+/// How long one metadata request of the broker monitor may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between readiness probes while the broker is unreachable.
+/// Pause between the monitor's requests while the broker is unreachable…
 const METADATA_RETRY: Duration = Duration::from_secs(1);
+/// …and while it answers.
+const METADATA_EVERY: Duration = Duration::from_secs(5);
 /// At most one log line per this period for a repeated failure (an outage can fail thousands of
 /// records a second; the counters carry the numbers).
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -92,18 +96,6 @@ pub enum SinkError {
     /// The sink was dropped before the delivery report arrived.
     #[error("the Kafka producer shut down before the record's delivery report")]
     Closed,
-}
-
-impl SinkError {
-    /// A bounded label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkError::QueueFull => "queue_full",
-            SinkError::AckTimeout(_) => "ack_timeout",
-            SinkError::Kafka(_) => "kafka_error",
-            SinkError::Closed => "closed",
-        }
-    }
 }
 
 type AckSender = oneshot::Sender<Result<(), RdKafkaError>>;
@@ -162,15 +154,6 @@ struct SinkContext {
     error_log: Throttle,
 }
 
-impl SinkContext {
-    fn skipped(&self, reason: &str) {
-        self.metrics
-            .reviews_skipped_total
-            .with_label_values(&[reason])
-            .inc();
-    }
-}
-
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
@@ -210,17 +193,13 @@ impl ProducerContext for SinkContext {
         let outcome = match result {
             Ok(_) => {
                 self.metrics
-                    .kafka_messages_total
-                    .with_label_values(&[self.topic.as_str(), "delivered"])
-                    .inc();
+                    .kafka_reported(&self.topic, DeliveryOutcome::Delivered, 1);
                 Ok(())
             }
             Err((error, _message)) => {
                 self.metrics
-                    .kafka_messages_total
-                    .with_label_values(&[self.topic.as_str(), "failed"])
-                    .inc();
-                self.skipped("kafka_error");
+                    .kafka_reported(&self.topic, DeliveryOutcome::Failed, 1);
+                self.metrics.review_skipped(SkipReason::KafkaError);
                 if let Some(suppressed) = self.failed_log.check() {
                     tracing::warn!(
                         error = %error,
@@ -243,7 +222,8 @@ struct Inner {
     producer: ThreadedProducer<SinkContext>,
     /// The largest record value sent whole; bodies of larger records are cut to fit.
     max_record_bytes: usize,
-    ready: AtomicBool,
+    /// The broker answered the monitor's last metadata request.
+    kafka_up: AtomicBool,
     ack_timeout: Duration,
     delivery: Delivery,
 }
@@ -285,11 +265,11 @@ impl ReviewSink {
         let inner = Arc::new(Inner {
             producer,
             max_record_bytes: max_record_bytes(config),
-            ready: AtomicBool::new(false),
+            kafka_up: AtomicBool::new(false),
             ack_timeout: config.ack_timeout,
             delivery: config.delivery,
         });
-        spawn_readiness_probe(Arc::downgrade(&inner), bootstrap.to_owned());
+        spawn_broker_monitor(Arc::downgrade(&inner), bootstrap.to_owned());
         Ok(ReviewSink { inner })
     }
 
@@ -350,10 +330,10 @@ impl ReviewSink {
             Err((error, _message)) => {
                 context.queued.fetch_sub(1, Ordering::Relaxed);
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                    context.skipped("queue_full");
+                    context.metrics.review_skipped(SkipReason::QueueFull);
                     Err(SinkError::QueueFull)
                 } else {
-                    context.skipped("kafka_error");
+                    context.metrics.review_skipped(SkipReason::KafkaError);
                     if let Some(suppressed) = context.failed_log.check() {
                         tracing::warn!(
                             error = %error,
@@ -368,9 +348,9 @@ impl ReviewSink {
         }
     }
 
-    /// True once the producer has fetched cluster metadata (for `/readyz`); stays true.
-    pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+    /// Whether the broker answered the last metadata request (checked every few seconds).
+    pub fn is_kafka_up(&self) -> bool {
+        self.inner.kafka_up.load(Ordering::Acquire)
     }
 
     /// Records enqueued whose delivery report has not come yet.
@@ -427,34 +407,46 @@ fn max_record_bytes(config: &KafkaConfig) -> usize {
     limit.saturating_sub(FRAMING).max(limit / 2)
 }
 
-/// Fetches cluster metadata until it succeeds, then marks the sink ready. Logs an error while
-/// the broker is unreachable (once, then again each minute), and exits when the sink drops.
-fn spawn_readiness_probe(inner: Weak<Inner>, bootstrap: String) {
+/// Fetches cluster metadata every few seconds while the sink lives, keeping `kafka_up` and its
+/// gauge current and logging each change (an error while the broker stays away, each minute).
+fn spawn_broker_monitor(inner: Weak<Inner>, bootstrap: String) {
     let spawned = thread::Builder::new()
-        .name("review-sink-ready".into())
+        .name("review-sink-monitor".into())
         .spawn(move || {
-            let started = Instant::now();
+            let mut down_since: Option<Instant> = Some(Instant::now());
             let mut next_log = Duration::ZERO;
+            let mut was_up = false;
             loop {
                 let Some(sink) = inner.upgrade() else { return };
-                match sink.producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
+                let answer = sink.producer.client().fetch_metadata(None, METADATA_TIMEOUT);
+                let context = sink.producer.context();
+                let up = answer.is_ok();
+                sink.kafka_up.store(up, Ordering::Release);
+                context.metrics.kafka_up.set(i64::from(up));
+                match answer {
                     Ok(metadata) => {
-                        sink.ready.store(true, Ordering::Release);
-                        tracing::info!(
-                            bootstrap = %bootstrap,
-                            brokers = metadata.brokers().len(),
-                            "Kafka producer connected"
-                        );
-                        return;
+                        if !was_up {
+                            tracing::info!(
+                                bootstrap = %bootstrap,
+                                brokers = metadata.brokers().len(),
+                                queued = context.queued.load(Ordering::Relaxed),
+                                "Kafka producer connected"
+                            );
+                        }
+                        down_since = None;
                     }
                     Err(error) => {
-                        let waited = started.elapsed();
+                        let since = *down_since.get_or_insert_with(Instant::now);
+                        if was_up {
+                            next_log = Duration::ZERO;
+                        }
+                        let waited = since.elapsed();
                         if waited >= next_log {
                             tracing::error!(
                                 bootstrap = %bootstrap,
                                 error = %error,
                                 waited = %humantime::format_duration(Duration::from_secs(waited.as_secs())),
-                                queued = sink.producer.context().queued.load(Ordering::Relaxed),
+                                queued = context.queued.load(Ordering::Relaxed),
                                 "Kafka is unreachable: inference is still served, review records \
                                  wait in the queue (kafka.queue_capacity) until it comes back"
                             );
@@ -462,12 +454,13 @@ fn spawn_readiness_probe(inner: Weak<Inner>, bootstrap: String) {
                         }
                     }
                 }
+                was_up = up;
                 drop(sink);
-                thread::sleep(METADATA_RETRY);
+                thread::sleep(if up { METADATA_EVERY } else { METADATA_RETRY });
             }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the Kafka readiness probe");
+        tracing::error!(error = %e, "cannot start the Kafka broker monitor");
     }
 }
 

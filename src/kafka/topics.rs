@@ -19,8 +19,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
+use super::KafkaConfig;
 use super::{KafkaError, client_config};
-use crate::config::KafkaConfig;
 
 /// What [`ensure_topics`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

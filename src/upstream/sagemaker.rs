@@ -36,8 +36,8 @@ use http_body_util::{BodyExt, StreamBody};
 use tracing::warn;
 
 use self::sse::{Framing, SseFramer};
+use super::UpstreamConfig;
 use super::{Body, BoxError, UpstreamError, UpstreamInitError, full_body};
-use crate::config::UpstreamConfig;
 
 /// SageMaker's request body limit: 6 MiB (the service model's `BodyBlob` maximum).
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
@@ -85,12 +85,9 @@ impl SagemakerUpstream {
         sdk: &SdkConfig,
     ) -> Result<SagemakerUpstream, UpstreamInitError> {
         let endpoint_name = config.endpoint_name.clone().unwrap_or_default();
-        if !is_resource_name(&endpoint_name, 63) {
-            return Err(UpstreamInitError(format!(
-                "endpoint_name {endpoint_name:?} is not a SageMaker endpoint name \
-                 (1-63 letters, digits and inner hyphens)"
-            )));
-        }
+        check_endpoint_name(&endpoint_name).map_err(|message| {
+            UpstreamInitError(format!("endpoint_name {endpoint_name:?} {message}"))
+        })?;
         let mut builder = aws_sdk_sagemakerruntime::config::Builder::from(sdk)
             .retry_config(RetryConfig::disabled())
             // The proxy bounds the time to the response head as well; this bound also holds
@@ -336,6 +333,15 @@ impl Limit {
                 Err("must be NEW_SESSION or 1 to 256 letters, digits and inner hyphens".into())
             }
         }
+    }
+}
+
+/// Whether `name` can name a SageMaker endpoint (checked by the config and by the client).
+pub(crate) fn check_endpoint_name(name: &str) -> Result<(), String> {
+    if is_resource_name(name, 63) {
+        Ok(())
+    } else {
+        Err("must be 1-63 letters, digits and inner hyphens (a SageMaker endpoint name)".into())
     }
 }
 
@@ -1008,7 +1014,7 @@ mod tests {
             .behavior_version(BehaviorVersion::latest())
             .build();
         let config = |name: &str, region: Option<&str>| UpstreamConfig {
-            kind: crate::config::UpstreamKind::Sagemaker,
+            kind: crate::upstream::UpstreamKind::Sagemaker,
             endpoint_name: Some(name.into()),
             region: region.map(str::to_owned),
             ..UpstreamConfig::default()

@@ -16,12 +16,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use reviewloop::app::{self, App, Roles, Shutdown};
 use reviewloop::config::Config;
 use reviewloop::exchange::{BoxFuture, Exchange, ExchangeHook, Verdict};
 use reviewloop::metrics::Metrics;
 use reviewloop::proxy::{self, Proxy, ProxySettings};
 use reviewloop::record::Reason;
-use reviewloop::route::RouteTable;
 use reviewloop::upstream::{Body, Upstream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -109,11 +109,12 @@ pub async fn spawn_proxy_on(
     hook: Arc<dyn ExchangeHook>,
     recording: Arc<RecordingHook>,
 ) -> TestProxy {
+    let checked = config.check().expect("a valid test configuration");
     let metrics = Arc::new(Metrics::new());
     let proxy = Proxy::new(
-        ProxySettings::from_config(&config),
+        ProxySettings::new(&checked.config.server, checked.config.upstream.timeout),
         upstream,
-        RouteTable::new(&config.routes),
+        checked.routes,
         hook,
         metrics.clone(),
     );
@@ -192,8 +193,8 @@ pub struct TestApp {
     pub bootstrap: String,
     pub config: Config,
     pub sink: Arc<reviewloop::kafka::ReviewSink>,
-    stop: Option<oneshot::Sender<()>>,
-    _kafka: reviewloop::app::KafkaEndpoint,
+    shutdown: Shutdown,
+    _running: app::Running,
 }
 
 impl TestApp {
@@ -204,9 +205,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shutdown.fire();
     }
 }
 
@@ -221,25 +220,20 @@ pub async fn spawn_app_on(mut config: Config, upstream: Upstream) -> TestApp {
     if config.kafka.brokers == Config::default().kafka.brokers {
         config.kafka.brokers = "embedded".into();
     }
-    let kafka = reviewloop::app::KafkaEndpoint::connect(&config).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let (proxy, sink) =
-        reviewloop::app::build_proxy_on(&config, upstream, &kafka.bootstrap, metrics.clone())
-            .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(proxy::serve(listener, proxy, async {
-        let _ = stopped.await;
-    }));
+    let checked = config.clone().check().expect("a valid test configuration");
+    let shutdown = Shutdown::new();
+    let running = App::build_on(checked, Roles::PROXY, upstream)
+        .await
+        .unwrap()
+        .spawn(shutdown.clone());
     TestApp {
-        addr,
-        metrics,
-        bootstrap: kafka.bootstrap.clone(),
+        addr: running.proxy_address().unwrap(),
+        metrics: running.metrics().clone(),
+        bootstrap: running.bootstrap().to_owned(),
         config,
-        sink,
-        stop: Some(stop),
-        _kafka: kafka,
+        sink: running.sink().unwrap().clone(),
+        shutdown,
+        _running: running,
     }
 }
 

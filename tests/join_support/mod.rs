@@ -166,9 +166,15 @@ impl Joiner {
         let task_metrics = Arc::clone(&metrics);
         let task = tokio::spawn(async move {
             let bootstrap = config.kafka.brokers.clone();
-            join::run(&config, &bootstrap, task_metrics, async {
-                let _ = stopped.await;
-            })
+            join::run(
+                &config.join,
+                &config.kafka,
+                &bootstrap,
+                task_metrics,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         });
         Joiner {

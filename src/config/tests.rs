@@ -1,0 +1,259 @@
+use std::time::Duration;
+
+use super::*;
+use crate::confidence::Preset;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env(text, "test.toml", Vec::new()).map(|checked| checked.config)
+}
+
+fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_toml_with_env(text, "test.toml", env).map(|checked| checked.config)
+}
+
+fn problem_keys(err: ConfigError) -> Vec<String> {
+    err.problems().into_iter().map(|p| p.key).collect()
+}
+
+#[test]
+fn empty_file_gives_the_documented_defaults() {
+    let config = load("").unwrap();
+    assert_eq!(config, Config::default());
+    assert_eq!(config.server.listen.port(), 8080);
+    assert_eq!(config.join.review_timeout, Duration::from_secs(864_000));
+}
+
+#[test]
+fn every_mistake_is_reported_not_just_the_first() {
+    let err = load(
+        r#"
+        [server]
+        max_in_flight = "many"
+        listn = "0.0.0.0:1"
+        [review]
+        confidence_below = 1.5
+        [kafka]
+        delivery = "eventually"
+        "#,
+    )
+    .unwrap_err();
+    let mut keys = problem_keys(err);
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "kafka.delivery",
+            "review.confidence_below",
+            "server.listn",
+            "server.max_in_flight"
+        ]
+    );
+    let err = load("[review]\nconfidence_below = 1.5\nsample_percent = 101\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("review.confidence_below = 1.5"), "{text}");
+    assert!(text.contains("review.sample_percent = 101"), "{text}");
+}
+
+#[test]
+fn environment_overrides_file_values_with_typed_parsing() {
+    let config = load_env(
+        "[kafka]\nbrokers = \"file:9092\"\n",
+        &[
+            ("REVIEWLOOP__KAFKA__BROKERS", "k1:9092,k2:9092"),
+            ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "12.5"),
+            ("REVIEWLOOP__JOIN__GROUP_ID", "123"),
+            ("REVIEWLOOP__KAFKA__OPTIONS__COMPRESSION_TYPE", "zstd"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");
+    assert_eq!(config.review.sample_percent, 12.5);
+    assert_eq!(config.join.group_id, "123");
+    assert_eq!(config.kafka.options["compression.type"], "zstd");
+}
+
+#[test]
+fn bad_environment_values_are_named_by_their_key() {
+    let err = load_env("", &[("REVIEWLOOP__SERVER__MAX_IN_FLIGHT", "lots")]).unwrap_err();
+    assert_eq!(problem_keys(err), ["server.max_in_flight"]);
+}
+
+#[test]
+fn routes_inherit_unset_keys_from_the_top_level() {
+    let config = load(
+        r#"
+        [review]
+        sample_percent = 5.0
+        [[routes]]
+        name = "sentiment"
+        path = "/v2/models/{model}/infer"
+        review = { confidence_below = 0.9 }
+        "#,
+    )
+    .unwrap();
+    let route = &config.routes[0];
+    assert_eq!(route.review.confidence_below, 0.9);
+    assert_eq!(route.review.sample_percent, 5.0);
+    assert_eq!(route.confidence.preset, Preset::Auto);
+}
+
+#[test]
+fn route_mistakes_name_the_route_index() {
+    let err = load(
+        r#"
+        [[routes]]
+        name = "a"
+        path = "/a"
+        [[routes]]
+        name = "a"
+        path = "b"
+        review = { confidence_below = "low" }
+        "#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(err),
+        [
+            "routes[1].review.confidence_below",
+            "routes[1].name",
+            "routes[1].path"
+        ]
+    );
+}
+
+#[test]
+fn sagemaker_needs_an_endpoint_and_jmespath_an_expression() {
+    let err = load("[upstream]\nkind = \"sagemaker\"\n[confidence]\npreset = \"jmespath\"\n")
+        .unwrap_err();
+    assert_eq!(
+        problem_keys(err),
+        ["upstream.endpoint_name", "confidence.expression"]
+    );
+    let err =
+        load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my_endpoint\"\n").unwrap_err();
+    assert!(err.to_string().contains("SageMaker endpoint name"), "{err}");
+    load("[upstream]\nkind = \"sagemaker\"\nendpoint_name = \"my-endpoint-2\"\n").unwrap();
+    let err = load("[confidence]\npreset = \"jmespath\"\nexpression = \"a[\"\n").unwrap_err();
+    assert!(err.to_string().contains("not a valid JMESPath"), "{err}");
+}
+
+#[test]
+fn a_conditions_file_is_checked_with_the_json_path_of_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conditions.json");
+    std::fs::write(
+        &file,
+        r#"{"Conditions": [{"ConditionType": "Sampling", "ConditionParameters": {"RandomSamplingPercentage": 0}}]}"#,
+    )
+    .unwrap();
+    let text = format!(
+        "[review]\nconditions_file = {:?}\n",
+        file.display().to_string()
+    );
+    let err = load(&text).unwrap_err();
+    assert_eq!(problem_keys(err), ["review.conditions_file"]);
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("$.Conditions[0].ConditionParameters.RandomSamplingPercentage"),
+        "{err}"
+    );
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/conditions.example.json"
+    );
+    assert!(load(&format!("[review]\nconditions_file = {example:?}\n")).is_ok());
+}
+
+#[test]
+fn durations_read_as_humans_write_them() {
+    let config = load("[join]\nreview_timeout = \"2h 30m\"\norphan_timeout = \"90s\"\n").unwrap();
+    assert_eq!(config.join.review_timeout, Duration::from_secs(9000));
+    assert_eq!(config.join.orphan_timeout, Duration::from_secs(90));
+    let err = load("[server]\nshutdown_grace = \"soon\"\n").unwrap_err();
+    assert!(err.to_string().contains("not a duration"), "{err}");
+}
+
+#[test]
+fn kafka_queue_capacity_stays_within_librdkafkas_range() {
+    assert_eq!(
+        load("[kafka]\nqueue_capacity = 1\n")
+            .unwrap()
+            .kafka
+            .queue_capacity,
+        1
+    );
+    for bad in ["0", "2147483648"] {
+        let err = load(&format!("[kafka]\nqueue_capacity = {bad}\n")).unwrap_err();
+        assert_eq!(problem_keys(err), ["kafka.queue_capacity"], "{bad}");
+    }
+}
+
+#[test]
+fn secrets_are_redacted_when_printed() {
+    let config =
+        load("[kafka.options]\n\"sasl.password\" = \"hunter2\"\n\"compression.type\" = \"zstd\"\n")
+            .unwrap();
+    let shown = config.to_redacted_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("zstd"), "{shown}");
+    // The printed config loads back to the same configuration (bar the redaction).
+    let again = load(&shown).unwrap();
+    assert_eq!(again.server, config.server);
+}
+
+#[test]
+fn an_unknown_table_is_named_once_and_hides_no_other_problem() {
+    let err = load(
+        r#"
+        [serverr]
+        listen = "0.0.0.0:1"
+        admin_listen = "0.0.0.0:2"
+        [server]
+        max_in_flight = 0
+        lisen = "0.0.0.0:3"
+        [review]
+        confidence_below = 1.5
+        sample_percent = -1.0
+        [kafka]
+        delivery = "whenever"
+        [join]
+        reviewers_per_item = 0
+        "#,
+    )
+    .unwrap_err();
+    let problems = err.problems();
+    let mut keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "join.reviewers_per_item",
+            "kafka.delivery",
+            "review.confidence_below",
+            "review.sample_percent",
+            "server.lisen",
+            "server.max_in_flight",
+            "serverr",
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("serverr: unknown table; did you mean `server`?"),
+        "{text}"
+    );
+    assert!(text.contains("did you mean `listen`?"), "{text}");
+}
+
+#[test]
+fn an_unknown_table_inside_a_route_is_named_with_its_index() {
+    let err =
+        load("[[routes]]\nname = \"a\"\npath = \"/a\"\n[routes.reveiw]\nsample_percent = 2.0\n")
+            .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("routes[0].reveiw: unknown table; did you mean `review`?"),
+        "{text}"
+    );
+}
