@@ -73,14 +73,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
-
 pub use runner::{state_topic_name, transactional_id};
 
 use crate::config::Config;
-use crate::kafka::client_config;
+use crate::kafka::{KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
 
 /// Why the joiner could not start or had to stop.
@@ -110,6 +106,9 @@ pub enum JoinError {
     MissingTopics(Vec<String>),
     #[error("cannot create topics: {0}")]
     CreateTopics(String),
+    /// The topics could not be listed (e.g. the brokers are unreachable).
+    #[error(transparent)]
+    Topics(crate::kafka::KafkaError),
     #[error("restoring the joiner's state: {0}")]
     Restore(String),
     #[error("the joiner's state topic holds a record it cannot read: {0}")]
@@ -154,31 +153,17 @@ pub async fn run(
 /// Checks that the inputs are co-partitioned and that the outputs exist, and creates the
 /// state topic (compacted, one partition per input partition) when it is missing.
 async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        client_config(
-            &settings.kafka,
-            &settings.bootstrap,
-            &[("client.id", "reviewloop-join-admin")],
-        )
-        .create()?,
-    );
-    // All topics are listed: asking for one by name makes a broker with auto-creation create
-    // it with its default partition count.
-    let lister = Arc::clone(&admin);
-    let metadata =
-        tokio::task::spawn_blocking(move || lister.inner().fetch_metadata(None, ADMIN_TIMEOUT))
-            .await
-            .map_err(|_| JoinError::Crashed)??;
-    let partitions = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len())
-    };
     let kafka = &settings.kafka;
-    let mut create = Vec::new();
-    let mut missing = Vec::new();
+    let admin = TopicAdmin::new(
+        kafka,
+        &settings.bootstrap,
+        "reviewloop-join-admin",
+        ADMIN_TIMEOUT,
+    )
+    .map_err(topics_error)?;
+    let listed = admin.partition_counts().await.map_err(topics_error)?;
+    let partitions = |name: &str| listed.get(name).copied();
+    let mut missing: Vec<String> = Vec::new();
     for name in [
         &settings.review_topic,
         &settings.completed_topic,
@@ -192,13 +177,10 @@ async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
     if !missing.is_empty() && !kafka.create_topics {
         return Err(JoinError::MissingTopics(missing));
     }
-    for name in &missing {
-        create.push(NewTopic::new(
-            name,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ));
-    }
+    let mut create: Vec<TopicSpec> = missing
+        .iter()
+        .map(|name| TopicSpec::new(name, kafka.topic_partitions, kafka.topic_replication))
+        .collect();
     let review = partitions(&settings.review_topic).unwrap_or(kafka.topic_partitions as usize);
     let completed =
         partitions(&settings.completed_topic).unwrap_or(kafka.topic_partitions as usize);
@@ -220,34 +202,22 @@ async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
         }
         Some(_) => {}
         None => create.push(
-            NewTopic::new(
+            TopicSpec::new(
                 &settings.state_topic,
                 review as i32,
-                TopicReplication::Fixed(kafka.topic_replication),
+                kafka.topic_replication,
             )
-            .set("cleanup.policy", "compact"),
+            .with("cleanup.policy", "compact"),
         ),
     }
-    if create.is_empty() {
-        return Ok(());
-    }
-    let options = AdminOptions::new()
-        .request_timeout(Some(ADMIN_TIMEOUT))
-        .operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin
-        .create_topics(&create, &options)
-        .await
-        .map_err(|e| JoinError::CreateTopics(e.to_string()))?;
-    let refused: Vec<String> = results
-        .into_iter()
-        .filter_map(|result| match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
-            Err((name, code)) => Some(format!("{name} ({code})")),
-        })
-        .collect();
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(JoinError::CreateTopics(refused.join(", ")))
+    admin.create(&create).await.map_err(topics_error)?;
+    Ok(())
+}
+
+/// A refusal to create keeps the joiner's own wording; anything else says what failed.
+fn topics_error(error: KafkaError) -> JoinError {
+    match error {
+        KafkaError::CreateTopics(refused) => JoinError::CreateTopics(refused.join(", ")),
+        other => JoinError::Topics(other),
     }
 }

@@ -1,11 +1,13 @@
 //! Kafka plumbing shared by the proxy's review sink and the joiner: client configuration,
-//! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, the startup
-//! topic check ([`ensure_topics`]) and the review sink ([`ReviewSink`]).
+//! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, listing
+//! and creating topics (the startup check [`ensure_topics`]) and the review sink
+//! ([`ReviewSink`]).
 
 mod sink;
 mod topics;
 
 pub use sink::{ReviewSink, SinkError};
+pub(crate) use topics::{TopicAdmin, TopicSpec};
 pub use topics::{TopicsReport, ensure_topics, topic_names};
 
 use std::sync::mpsc;
