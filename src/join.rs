@@ -63,61 +63,36 @@
 //! Answers must be produced keyed by id with the same partitioner as the review topic
 //! (librdkafka's default, or `partitioner = "murmur2_random"` in `[kafka.options]` when
 //! reviewers' tools use the Java client), or they land on another partition and end as orphans.
+//!
+//! # Layout
+//!
+//! Pure, no I/O and no clock: [`answer`] reads input records, [`state`] is one partition's
+//! join state, `render` turns an effect or an invalid input into the record to write. With
+//! Kafka: `clients` makes the consumer, the reader and the transactional producers,
+//! `changelog` writes and restores the state topic and fetches review records by offset,
+//! `txn` is one partition's transaction (plan and finish are pure; fetch and commit touch
+//! Kafka), and `runner` is the poll loop, the rebalance callback and the tasks' lifecycle.
 
 pub mod answer;
+mod changelog;
+mod clients;
+mod error;
+mod render;
 mod runner;
 pub mod state;
+mod txn;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use runner::{state_topic_name, transactional_id};
+pub use clients::{state_topic_name, transactional_id};
+pub use error::JoinError;
 
 use crate::config::Config;
 use crate::kafka::{KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
-
-/// Why the joiner could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    #[error(
-        "the review topic {review} has {review_partitions} partitions but the completed topic \
-         {completed} has {completed_partitions}: they must be co-partitioned (same partition \
-         count, records keyed by id)"
-    )]
-    NotCoPartitioned {
-        review: String,
-        review_partitions: usize,
-        completed: String,
-        completed_partitions: usize,
-    },
-    #[error(
-        "the joiner's state topic {topic} has {found} partitions but the input topics have \
-         {expected}; recreate it (compacted, {expected} partitions) or use another join.group_id"
-    )]
-    StatePartitions {
-        topic: String,
-        found: usize,
-        expected: usize,
-    },
-    #[error("missing topics: {}; create them or set kafka.create_topics = true", .0.join(", "))]
-    MissingTopics(Vec<String>),
-    #[error("cannot create topics: {0}")]
-    CreateTopics(String),
-    /// The topics could not be listed (e.g. the brokers are unreachable).
-    #[error(transparent)]
-    Topics(crate::kafka::KafkaError),
-    #[error("restoring the joiner's state: {0}")]
-    Restore(String),
-    #[error("the joiner's state topic holds a record it cannot read: {0}")]
-    Corrupt(String),
-    #[error("the joiner thread ended without a result")]
-    Crashed,
-    #[error(transparent)]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
 
 /// How long startup waits on each admin round trip.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,7 +105,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), JoinError> {
-    let settings = runner::Settings::new(config, bootstrap);
+    let settings = clients::Settings::new(config, bootstrap);
     prepare_topics(&settings).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -152,7 +127,7 @@ pub async fn run(
 
 /// Checks that the inputs are co-partitioned and that the outputs exist, and creates the
 /// state topic (compacted, one partition per input partition) when it is missing.
-async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
+async fn prepare_topics(settings: &clients::Settings) -> Result<(), JoinError> {
     let kafka = &settings.kafka;
     let admin = TopicAdmin::new(
         kafka,
