@@ -63,63 +63,37 @@
 //! Answers must be produced keyed by id with the same partitioner as the review topic
 //! (librdkafka's default, or `partitioner = "murmur2_random"` in `[kafka.options]` when
 //! reviewers' tools use the Java client), or they land on another partition and end as orphans.
+//!
+//! # Layout
+//!
+//! Pure, no I/O and no clock: [`answer`] reads input records, [`state`] is one partition's
+//! join state, `render` turns an effect or an invalid input into the record to write. With
+//! Kafka: `clients` makes the consumer, the reader and the transactional producers,
+//! `changelog` writes and restores the state topic and fetches review records by offset,
+//! `txn` is one partition's transaction (plan and finish are pure; fetch and commit touch
+//! Kafka), and `runner` is the poll loop, the rebalance callback and the tasks' lifecycle.
 
 pub mod answer;
+mod changelog;
+mod clients;
 mod config;
+mod error;
+mod render;
 mod runner;
 pub mod state;
+mod txn;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
-
+pub use self::clients::state_topic_name;
 pub use self::config::{Agreement, JoinConfig};
-pub use self::runner::state_topic_name;
+pub use self::error::JoinError;
 
-use crate::kafka::{KafkaConfig, client_config};
+use crate::kafka::{KafkaConfig, KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
-
-/// Why the joiner could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    #[error(
-        "the review topic {review} has {review_partitions} partitions but the completed topic \
-         {completed} has {completed_partitions}: they must be co-partitioned (same partition \
-         count, records keyed by id)"
-    )]
-    NotCoPartitioned {
-        review: String,
-        review_partitions: usize,
-        completed: String,
-        completed_partitions: usize,
-    },
-    #[error(
-        "the joiner's state topic {topic} has {found} partitions but the input topics have \
-         {expected}; recreate it (compacted, {expected} partitions) or use another join.group_id"
-    )]
-    StatePartitions {
-        topic: String,
-        found: usize,
-        expected: usize,
-    },
-    #[error("missing topics: {}; create them or set kafka.create_topics = true", .0.join(", "))]
-    MissingTopics(Vec<String>),
-    #[error("cannot create topics: {0}")]
-    CreateTopics(String),
-    #[error("restoring the joiner's state: {0}")]
-    Restore(String),
-    #[error("the joiner's state topic holds a record it cannot read: {0}")]
-    Corrupt(String),
-    #[error("the joiner thread ended without a result")]
-    Crashed,
-    #[error(transparent)]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
 
 /// How long startup waits on each admin round trip.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,7 +107,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), JoinError> {
-    let settings = runner::Settings::new(join, kafka, bootstrap);
+    let settings = clients::Settings::new(join, kafka, bootstrap);
     prepare_topics(&settings).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -155,32 +129,18 @@ pub async fn run(
 
 /// Checks that the inputs are co-partitioned and that the outputs exist, and creates the
 /// state topic (compacted, one partition per input partition) when it is missing.
-async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        client_config(
-            &settings.kafka,
-            &settings.bootstrap,
-            &[("client.id", "reviewloop-join-admin")],
-        )
-        .create()?,
-    );
-    // All topics are listed: asking for one by name makes a broker with auto-creation create
-    // it with its default partition count.
-    let lister = Arc::clone(&admin);
-    let metadata =
-        tokio::task::spawn_blocking(move || lister.inner().fetch_metadata(None, ADMIN_TIMEOUT))
-            .await
-            .map_err(|_| JoinError::Crashed)??;
-    let partitions = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len())
-    };
+async fn prepare_topics(settings: &clients::Settings) -> Result<(), JoinError> {
     let kafka = &settings.kafka;
-    let mut create = Vec::new();
-    let mut missing = Vec::new();
+    let admin = TopicAdmin::new(
+        kafka,
+        &settings.bootstrap,
+        "reviewloop-join-admin",
+        ADMIN_TIMEOUT,
+    )
+    .map_err(topics_error)?;
+    let listed = admin.partition_counts().await.map_err(topics_error)?;
+    let partitions = |name: &str| listed.get(name).copied();
+    let mut missing: Vec<String> = Vec::new();
     for name in [
         &settings.review_topic,
         &settings.completed_topic,
@@ -194,13 +154,10 @@ async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
     if !missing.is_empty() && !kafka.create_topics {
         return Err(JoinError::MissingTopics(missing));
     }
-    for name in &missing {
-        create.push(NewTopic::new(
-            name,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ));
-    }
+    let mut create: Vec<TopicSpec> = missing
+        .iter()
+        .map(|name| TopicSpec::new(name, kafka.topic_partitions, kafka.topic_replication))
+        .collect();
     let review = partitions(&settings.review_topic).unwrap_or(kafka.topic_partitions as usize);
     let completed =
         partitions(&settings.completed_topic).unwrap_or(kafka.topic_partitions as usize);
@@ -222,34 +179,22 @@ async fn prepare_topics(settings: &runner::Settings) -> Result<(), JoinError> {
         }
         Some(_) => {}
         None => create.push(
-            NewTopic::new(
+            TopicSpec::new(
                 &settings.state_topic,
                 review as i32,
-                TopicReplication::Fixed(kafka.topic_replication),
+                kafka.topic_replication,
             )
-            .set("cleanup.policy", "compact"),
+            .with("cleanup.policy", "compact"),
         ),
     }
-    if create.is_empty() {
-        return Ok(());
-    }
-    let options = AdminOptions::new()
-        .request_timeout(Some(ADMIN_TIMEOUT))
-        .operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin
-        .create_topics(&create, &options)
-        .await
-        .map_err(|e| JoinError::CreateTopics(e.to_string()))?;
-    let refused: Vec<String> = results
-        .into_iter()
-        .filter_map(|result| match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
-            Err((name, code)) => Some(format!("{name} ({code})")),
-        })
-        .collect();
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(JoinError::CreateTopics(refused.join(", ")))
+    admin.create(&create).await.map_err(topics_error)?;
+    Ok(())
+}
+
+/// A refusal to create keeps the joiner's own wording; anything else says what failed.
+fn topics_error(error: KafkaError) -> JoinError {
+    match error {
+        KafkaError::CreateTopics(refused) => JoinError::CreateTopics(refused.join(", ")),
+        other => JoinError::Topics(other),
     }
 }

@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the proxy's review sink and the joiner: client configuration,
-//! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, the startup
-//! topic check ([`ensure_topics`]) and the review sink ([`ReviewSink`]).
+//! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, listing
+//! and creating topics (the startup check [`ensure_topics`]) and the review sink
+//! ([`ReviewSink`]).
 
 mod config;
 mod sink;
@@ -10,6 +11,7 @@ pub use self::config::{Delivery, EMBEDDED_BROKERS, KafkaConfig, is_secret_option
 pub use self::sink::ReviewSink;
 #[cfg(feature = "test-util")]
 pub use self::sink::SinkError;
+pub(crate) use self::topics::{TopicAdmin, TopicSpec};
 pub use self::topics::{ensure_topics, topic_names};
 
 use std::sync::mpsc;

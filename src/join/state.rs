@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Agreement, JoinConfig};
+use crate::metrics::AnswerResult;
 use crate::record::{Answer, DeadLetterReason};
 
 /// The consolidation and timeout rules, from `[join]`.
@@ -121,11 +122,11 @@ pub enum AnswerOutcome {
 }
 
 impl AnswerOutcome {
-    /// The metric label, or `None` while the outcome is not final.
-    pub fn label(self) -> Option<&'static str> {
+    /// What the answer counts as, or `None` while the outcome is not final.
+    pub fn result(self) -> Option<AnswerResult> {
         match self {
-            AnswerOutcome::Accepted => Some("accepted"),
-            AnswerOutcome::Duplicate => Some("duplicate"),
+            AnswerOutcome::Accepted => Some(AnswerResult::Accepted),
+            AnswerOutcome::Duplicate => Some(AnswerResult::Duplicate),
             AnswerOutcome::AwaitingReview => None,
         }
     }
@@ -234,6 +235,11 @@ impl JoinState {
     /// Ids held, closed ones included.
     pub fn held(&self) -> usize {
         self.entries.len()
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
     }
 
     /// A review record arrived. It completes the item when its answers came first.
@@ -543,7 +549,7 @@ mod tests {
         // Answer first: waits uncounted, then the review accepts it and completes the item.
         let (outcome, effect) = state.on_answer("b", answer("alice", "dog", 1, 300));
         assert_eq!((outcome, effect), (AnswerOutcome::AwaitingReview, None));
-        assert_eq!(outcome.label(), None);
+        assert_eq!(outcome.result(), None);
         let (outcome, effect) = state.on_review("b", review(1, 250));
         assert_eq!(outcome, ReviewOutcome::Accepted { early_answers: 1 });
         assert!(matches!(effect, Some(Effect::Joined { .. })));
@@ -832,7 +838,7 @@ mod tests {
                     Event::Answer(id, reviewer, label) => {
                         let received = answer(&format!("r{reviewer}"), &format!("l{label}"), offset, 0);
                         let (outcome, effect) = state.on_answer(&format!("id{id}"), received);
-                        if let Some(label) = outcome.label() {
+                        if let Some(label) = outcome.result().map(AnswerResult::as_str) {
                             *counted.entry(label).or_default() += 1;
                         }
                         effects.extend(effect);
