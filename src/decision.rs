@@ -13,12 +13,31 @@ use http::HeaderName;
 
 use crate::conditions::{self, Conditions, Facts};
 use crate::confidence::{ConfidenceConfig, Document, Extractor};
-use crate::exchange::Force;
 use crate::record::Reason;
 use crate::settings::{Problem, quoted};
 
 pub use self::budget::TokenBucket;
 pub use self::config::{ReviewConfig, SampleBy};
+
+/// The per-request override carried by `review.force_header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Force {
+    Always,
+    Never,
+}
+
+impl Force {
+    /// `always` / `never`, case-insensitive; anything else is ignored.
+    pub fn parse(value: &[u8]) -> Option<Force> {
+        if value.eq_ignore_ascii_case(b"always") {
+            Some(Force::Always)
+        } else if value.eq_ignore_ascii_case(b"never") {
+            Some(Force::Never)
+        } else {
+            None
+        }
+    }
+}
 
 /// What the decision needs to know of one exchange.
 #[derive(Debug, Clone, Copy)]

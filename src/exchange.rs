@@ -10,28 +10,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::decision::Force;
 use crate::record::{ModelInfo, Reason};
 use crate::route::Route;
-
-/// The per-request override carried by `review.force_header`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Force {
-    Always,
-    Never,
-}
-
-impl Force {
-    /// `always` / `never`, case-insensitive; anything else is ignored.
-    pub fn parse(value: &[u8]) -> Option<Force> {
-        if value.eq_ignore_ascii_case(b"always") {
-            Some(Force::Always)
-        } else if value.eq_ignore_ascii_case(b"never") {
-            Some(Force::Never)
-        } else {
-            None
-        }
-    }
-}
 
 /// A body as captured for inspection: at most `max_inspect_bytes`, decoded from its
 /// `Content-Encoding` (the client still received the encoded bytes).

@@ -46,47 +46,17 @@ pub mod record;
 pub mod telemetry;
 pub mod upstream;
 
-#[cfg(feature = "test-util")]
-pub mod admin;
-#[cfg(not(feature = "test-util"))]
-mod admin;
-#[cfg(feature = "test-util")]
-pub mod conditions;
-#[cfg(not(feature = "test-util"))]
-mod conditions;
-#[cfg(feature = "test-util")]
-pub mod confidence;
-#[cfg(not(feature = "test-util"))]
-mod confidence;
-#[cfg(feature = "test-util")]
-pub mod decision;
-#[cfg(not(feature = "test-util"))]
-mod decision;
-#[cfg(feature = "test-util")]
-pub mod exchange;
-#[cfg(not(feature = "test-util"))]
-mod exchange;
-#[cfg(feature = "test-util")]
-pub mod join;
-#[cfg(not(feature = "test-util"))]
-mod join;
-#[cfg(feature = "test-util")]
-pub mod kafka;
-#[cfg(not(feature = "test-util"))]
-mod kafka;
-#[cfg(feature = "test-util")]
-pub mod proxy;
-#[cfg(not(feature = "test-util"))]
-mod proxy;
-#[cfg(feature = "test-util")]
-pub mod review;
-#[cfg(not(feature = "test-util"))]
-mod review;
-#[cfg(feature = "test-util")]
-pub mod route;
-#[cfg(not(feature = "test-util"))]
-mod route;
-#[cfg(feature = "test-util")]
-pub mod settings;
-#[cfg(not(feature = "test-util"))]
-mod settings;
+/// Declares modules that are the crate's own business: public only with the `test-util`
+/// feature, so the compiler sees dead code in a normal build.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "test-util")]
+        pub mod $name;
+        #[cfg(not(feature = "test-util"))]
+        mod $name;
+    )*};
+}
+
+internal!(
+    admin, conditions, confidence, decision, exchange, join, kafka, proxy, review, route, settings,
+);

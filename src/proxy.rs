@@ -40,7 +40,8 @@ use self::headers::{
     X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text,
 };
 use self::tap::{Copy, TapBody};
-use crate::exchange::{Captured, Exchange, ExchangeHook, Force};
+use crate::decision::Force;
+use crate::exchange::{Captured, Exchange, ExchangeHook};
 use crate::metrics::{Metrics, SkipReason, status_class};
 use crate::record::ModelInfo;
 use crate::route::{Route, RouteTable};

@@ -1,5 +1,6 @@
-//! The Kafka records' shapes (review, completed, retraining, dead-letter) as DESIGN.md fixes
-//! them, and how captured bodies are encoded into them (`json`, `utf8` or `base64`).
+//! The Kafka records' shapes (review, completed, retraining, dead-letter) — the contract whose
+//! JSON Schemas are in `schemas/` and whose fields the README documents — and how captured
+//! bodies are encoded into them (`json`, `utf8` or `base64`).
 
 use std::time::SystemTime;
 
@@ -235,7 +236,12 @@ pub struct RetrainingRecord {
     pub confidence: Option<f64>,
     pub reasons: Vec<Reason>,
     pub label: Value,
+    /// `agreeing / answered`, exact.
     pub agreement: f64,
+    /// Answers that gave `label`.
+    pub agreeing: u32,
+    /// Answers consolidated (`join.reviewers_per_item`, one per reviewer).
+    pub answered: u32,
     pub answers: Vec<Answer>,
     pub reviewed_at: String,
     #[serde(default, skip_serializing_if = "ModelInfo::is_empty")]

@@ -53,6 +53,19 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Adds a problem at `key` unless `ok`: the shape of most range checks.
+pub fn require(
+    problems: &mut Vec<Problem>,
+    ok: bool,
+    key: &str,
+    value: impl Into<String>,
+    message: &str,
+) {
+    if !ok {
+        problems.push(Problem::new(key, value, message));
+    }
+}
+
 /// A string value as it is shown in a problem: quoted, escaped.
 pub fn quoted(s: &str) -> String {
     format!("{s:?}")

@@ -202,6 +202,8 @@ fn retraining_records_as_the_joiner_writes_them_are_valid() {
         reasons: review.reasons,
         label: json!({"label": "cat"}),
         agreement: 1.0,
+        agreeing: 1,
+        answered: 1,
         answers: vec![answer],
         reviewed_at: rfc3339_millis(SystemTime::now()),
         model: review.model,

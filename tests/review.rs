@@ -133,3 +133,76 @@ async fn an_unreadable_response_has_no_confidence_but_can_still_be_sampled() {
         .get();
     assert_eq!(no_confidence, 1);
 }
+
+#[tokio::test]
+async fn a_route_overrides_with_its_own_header_and_the_proxy_removes_only_that_one() {
+    // The upstream answers confidently and says which override headers reached it.
+    let upstream = spawn_upstream(|request: http::Request<hyper::body::Incoming>| async move {
+        let seen: Vec<&str> = ["x-review", "x-special"]
+            .into_iter()
+            .filter(|h| request.headers().contains_key(*h))
+            .collect();
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .header("x-upstream-saw", seen.join(","))
+            .body(full_body(r#"[{"label":"cat","score":0.97}]"#))
+            .unwrap()
+    })
+    .await;
+    let mut config = config_for(upstream);
+    config.review.sample_percent = 0.0;
+    config.routes.push(reviewloop::config::RouteConfig {
+        name: "special".into(),
+        path: "/special".into(),
+        review: reviewloop::config::ReviewConfig {
+            force_header: "x-special".into(),
+            sample_percent: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let app = spawn_app(config).await;
+    let call = |path: &str, header: &str| {
+        Request::post(app.url(path))
+            .header("content-type", "application/json")
+            .header(header, "always")
+            .body(full_body("{}"))
+            .unwrap()
+    };
+    let review = |parts: &http::response::Parts| {
+        parts
+            .headers
+            .get("x-reviewloop-review")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    let (parts, _) = send(call("/special/v1", "x-special")).await;
+    assert_eq!(review(&parts).as_deref(), Some("forced"));
+    assert_eq!(
+        parts.headers["x-upstream-saw"], "",
+        "the route's header is removed"
+    );
+
+    let (parts, _) = send(call("/special/v1", "x-review")).await;
+    assert_eq!(
+        review(&parts),
+        None,
+        "the top-level header means nothing here"
+    );
+    assert_eq!(
+        parts.headers["x-upstream-saw"], "x-review",
+        "and is forwarded"
+    );
+
+    let (parts, _) = send(call("/invocations", "x-review")).await;
+    assert_eq!(review(&parts).as_deref(), Some("forced"));
+    assert_eq!(parts.headers["x-upstream-saw"], "");
+
+    let forced = |route: &str| {
+        app.metrics
+            .reviews_diverted_total
+            .with_label_values(&[route, "forced"])
+            .get()
+    };
+    assert_eq!((forced("special"), forced("/invocations")), (1, 1));
+}

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-/// How many seconds of budget the bucket can save up (DESIGN: burst = 10 × rate).
+/// How many seconds of budget the bucket can save up (burst = 10 × rate, as documented).
 const BURST_SECONDS: f64 = 10.0;
 
 #[derive(Debug, Clone)]

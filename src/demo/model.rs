@@ -281,6 +281,8 @@ mod tests {
             reasons: vec![],
             label,
             agreement: 1.0,
+            agreeing: 1,
+            answered: 1,
             answers: vec![Answer {
                 reviewer: "r".into(),
                 answer: json!({}),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Problem, duration, quoted, shown};
+use crate::settings::{Problem, duration, quoted, require, shown};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,30 +43,29 @@ impl JoinConfig {
     /// Every problem with the values, keys relative to `[join]`.
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut require = |ok: bool, key: &str, value: String, message: &str| {
-            if !ok {
-                problems.push(Problem::new(key, value, message));
-            }
-        };
         require(
+            &mut problems,
             !self.group_id.trim().is_empty(),
             "group_id",
             quoted(&self.group_id),
             "must not be empty",
         );
         require(
+            &mut problems,
             self.reviewers_per_item >= 1,
             "reviewers_per_item",
             self.reviewers_per_item.to_string(),
             "must be at least 1",
         );
         require(
+            &mut problems,
             !self.review_timeout.is_zero(),
             "review_timeout",
             shown(self.review_timeout),
             "must be positive",
         );
         require(
+            &mut problems,
             !self.orphan_timeout.is_zero(),
             "orphan_timeout",
             shown(self.orphan_timeout),

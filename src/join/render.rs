@@ -89,7 +89,7 @@ pub(crate) fn effect(
             review,
             answers,
             label,
-            agreement,
+            agreeing,
             completed_at_ms,
         } => {
             let record = match review_bytes.map(answer::parse_review) {
@@ -121,7 +121,7 @@ pub(crate) fn effect(
             tally
                 .turnaround_seconds
                 .push((completed_at_ms - review.timestamp_ms).max(0) as f64 / 1000.0);
-            let retraining = retraining_record(record, label, agreement, &answers, reviewed_at);
+            let retraining = retraining_record(record, label, agreeing, &answers, reviewed_at);
             Output {
                 topic: settings.retraining_topic.clone(),
                 partition: None,
@@ -277,10 +277,11 @@ fn summary_dead_letter(
 fn retraining_record(
     review: ReviewRecord,
     label: Value,
-    agreement: f64,
+    agreeing: usize,
     answers: &[ReceivedAnswer],
     reviewed_at: String,
 ) -> RetrainingRecord {
+    let answered = answers.len();
     RetrainingRecord {
         id: review.id,
         time: review.time,
@@ -290,7 +291,10 @@ fn retraining_record(
         confidence: review.confidence,
         reasons: review.reasons,
         label,
-        agreement,
+        // The exact fraction (2 of 3 is 0.666…), with the counts it comes from.
+        agreement: agreeing as f64 / answered.max(1) as f64,
+        agreeing: agreeing as u32,
+        answered: answered as u32,
         answers: answers.iter().map(|a| a.answer.clone()).collect(),
         reviewed_at,
         model: review.model,
@@ -352,7 +356,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every answer agreeing but the ones for another label than "dog".
     fn joined(answers: Vec<ReceivedAnswer>) -> Effect {
+        let agreeing = answers
+            .iter()
+            .filter(|a| a.answer.answer == "dog")
+            .count();
         Effect::Joined {
             id: "r-1".into(),
             review: ReviewRef {
@@ -361,13 +370,37 @@ pub(crate) mod tests {
             },
             answers,
             label: Value::String("dog".into()),
-            agreement: 1.0,
+            agreeing,
             completed_at_ms: 61_000,
         }
     }
 
     fn letter(output: &Output) -> DeadLetter {
         serde_json::from_slice(output.payload.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_two_of_three_majority_carries_two_thirds_exactly_and_the_counts() {
+        let answers = vec![
+            received("alice", "dog", 3),
+            received("bob", "cat", 4),
+            received("carol", "dog", 5),
+        ];
+        let review = serde_json::to_vec(&review_record("r-1")).unwrap();
+        let mut tally = Tally::default();
+        let output = effect(
+            &settings(),
+            0,
+            joined(answers),
+            Some(&review),
+            UNIX_EPOCH,
+            &mut tally,
+        );
+        let record: serde_json::Value =
+            serde_json::from_slice(output.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(record["agreement"], 2.0 / 3.0);
+        assert_eq!(record["agreeing"], 2);
+        assert_eq!(record["answered"], 3);
     }
 
     #[test]

@@ -150,7 +150,8 @@ pub enum Effect {
         review: ReviewRef,
         answers: Vec<ReceivedAnswer>,
         label: Value,
-        agreement: f64,
+        /// How many of the answers gave `label`.
+        agreeing: usize,
         /// Timestamp of the record that completed the item.
         completed_at_ms: i64,
     },
@@ -163,10 +164,10 @@ pub enum Effect {
     },
 }
 
-/// The consensus of `answers` under `agreement`: the label and the fraction agreeing with it
-/// (rounded to two decimals: 2 of 3 is 0.67). `None` is no agreement. Answers are compared
-/// as JSON values (object key order does not matter).
-pub fn consolidate(answers: &[ReceivedAnswer], agreement: Agreement) -> Option<(Value, f64)> {
+/// The consensus of `answers` under `agreement`: the label and how many answers gave it.
+/// `None` is no agreement. Answers are compared as JSON values (object key order does not
+/// matter).
+pub fn consolidate(answers: &[ReceivedAnswer], agreement: Agreement) -> Option<(Value, usize)> {
     let total = answers.len();
     if total == 0 {
         return None;
@@ -193,10 +194,7 @@ pub fn consolidate(answers: &[ReceivedAnswer], agreement: Agreement) -> Option<(
         Agreement::Majority => count * 2 > total,
         Agreement::Unanimous => count == total,
     };
-    agreed.then(|| {
-        let fraction = (count as f64 / total as f64 * 100.0).round() / 100.0;
-        (label.clone(), fraction)
-    })
+    agreed.then(|| (label.clone(), count))
 }
 
 /// The pending reviews and waiting answers of one partition.
@@ -441,12 +439,12 @@ impl JoinState {
         let entry = self.close(key, completed_at_ms);
         let id = key.to_string();
         Some(match consensus {
-            Some((label, agreement)) => Effect::Joined {
+            Some((label, agreeing)) => Effect::Joined {
                 id,
                 review,
                 answers: entry.answers,
                 label,
-                agreement,
+                agreeing,
                 completed_at_ms,
             },
             None => Effect::Dead {
@@ -534,12 +532,13 @@ mod tests {
         match effect {
             Some(Effect::Joined {
                 label,
-                agreement,
+                agreeing,
+                answers,
                 completed_at_ms,
                 ..
             }) => {
                 assert_eq!(label, json!({"label": "cat"}));
-                assert_eq!(agreement, 1.0);
+                assert_eq!((agreeing, answers.len()), (1, 1));
                 assert_eq!(completed_at_ms, 200);
             }
             other => panic!("expected a join, got {other:?}"),
@@ -570,12 +569,12 @@ mod tests {
         match effect {
             Some(Effect::Joined {
                 label,
-                agreement,
+                agreeing,
                 answers,
                 ..
             }) => {
                 assert_eq!(label, json!({"label": "cat"}));
-                assert_eq!(agreement, 0.67);
+                assert_eq!((agreeing, answers.len()), (2, 3));
                 let reviewers: Vec<_> =
                     answers.iter().map(|a| a.answer.reviewer.as_str()).collect();
                 assert_eq!(reviewers, ["a", "b", "c"]);
@@ -626,7 +625,7 @@ mod tests {
         x.answer.answer = json!({"label": "cat", "box": [1, 2]});
         let mut y = answer("b", "cat", 0, 0);
         y.answer.answer = serde_json::from_str(r#"{"box": [1, 2], "label": "cat"}"#).unwrap();
-        assert_eq!(consolidate(&[x, y], Agreement::Unanimous).unwrap().1, 1.0);
+        assert_eq!(consolidate(&[x, y], Agreement::Unanimous).unwrap().1, 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Problem, duration, quoted, shown};
+use crate::settings::{Problem, duration, quoted, require, shown};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,30 +101,29 @@ impl KafkaConfig {
                 problems.push(Problem::new(key, quoted(topic), message));
             }
         }
-        let mut require = |ok: bool, key: &str, value: String, message: &str| {
-            if !ok {
-                problems.push(Problem::new(key, value, message));
-            }
-        };
         require(
+            &mut problems,
             (1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity),
             "queue_capacity",
             self.queue_capacity.to_string(),
             "must be between 1 and 2147483647 (librdkafka's queue.buffering.max.messages)",
         );
         require(
+            &mut problems,
             !self.ack_timeout.is_zero(),
             "ack_timeout",
             shown(self.ack_timeout),
             "must be positive",
         );
         require(
+            &mut problems,
             self.topic_partitions >= 1,
             "topic_partitions",
             self.topic_partitions.to_string(),
             "must be at least 1",
         );
         require(
+            &mut problems,
             self.topic_replication == -1 || self.topic_replication >= 1,
             "topic_replication",
             self.topic_replication.to_string(),

@@ -87,7 +87,7 @@ pub async fn any_interleaving_joins_exactly_once(cluster: &Cluster, n: usize, se
     joiner.stop().await.expect("clean stop");
 }
 
-/// Three reviewers, majority: 2 of 3 agreeing gives the label at 0.67; the same reviewer
+/// Three reviewers, majority: 2 of 3 agreeing gives the label at exactly 2/3; the same reviewer
 /// answering twice counts once.
 pub async fn majority_of_three(cluster: &Cluster) {
     let mut config = cluster.config();
@@ -130,7 +130,12 @@ pub async fn majority_of_three(cluster: &Cluster) {
     let schema = Schema::load("retraining.schema.json");
     for record in &reader.records {
         schema.assert_valid(record);
-        assert_eq!(record["agreement"], 0.67);
+        // Exactly 2/3, and the counts it comes from.
+        assert_eq!(record["agreement"], 2.0 / 3.0);
+        assert_eq!(
+            (record["agreeing"].as_u64(), record["answered"].as_u64()),
+            (Some(2), Some(3))
+        );
         assert_eq!(record["answers"].as_array().unwrap().len(), 3);
         match record["id"].as_str().unwrap() {
             "m-1" => {
