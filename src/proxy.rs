@@ -67,6 +67,9 @@ impl ProxySettings {
     }
 }
 
+/// `error_type` of a request shed above `max_in_flight`.
+const OVERLOADED: &str = "overloaded";
+
 /// The proxy's own failures, classified once into a status and a bounded `error_type`.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
@@ -86,7 +89,7 @@ impl ProxyError {
 
     fn error_type(&self) -> &'static str {
         match self {
-            ProxyError::Overloaded => "overloaded",
+            ProxyError::Overloaded => OVERLOADED,
             ProxyError::Upstream(e) => e.error_type(),
         }
     }
@@ -208,6 +211,10 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Arc<Proxy> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
+        // The error answers every proxy can give exist at 0 from the start, for alerts.
+        for error_type in std::iter::once(OVERLOADED).chain(crate::upstream::ERROR_TYPES) {
+            metrics.proxy_errors_total.with_label_values(&[error_type]);
+        }
         Arc::new(Proxy {
             settings,
             upstream,

@@ -31,6 +31,13 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// The `error_type` of the failures every upstream can have.
+pub(crate) const UNREACHABLE: &str = "upstream_unreachable";
+pub(crate) const TIMEOUT: &str = "upstream_timeout";
+pub(crate) const FAILED: &str = "upstream_failed";
+/// Every `error_type` any upstream reports, whatever its kind (SageMaker adds its own).
+pub(crate) const ERROR_TYPES: [&str; 3] = [UNREACHABLE, TIMEOUT, FAILED];
+
 /// Why the upstream gave no usable answer; the proxy turns this into the client's status.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -66,9 +73,9 @@ impl UpstreamError {
     /// The bounded `error_type` label and the `error` field clients see.
     pub fn error_type(&self) -> &'static str {
         match self {
-            UpstreamError::Unreachable(_) => "upstream_unreachable",
-            UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Failed(_) => "upstream_failed",
+            UpstreamError::Unreachable(_) => UNREACHABLE,
+            UpstreamError::Timeout => TIMEOUT,
+            UpstreamError::Failed(_) => FAILED,
             UpstreamError::Rejected { error_type, .. } => error_type,
         }
     }

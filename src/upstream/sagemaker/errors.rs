@@ -11,7 +11,7 @@ use aws_sdk_sagemakerruntime::types::error::ResponseStreamError;
 use http::StatusCode;
 use tracing::warn;
 
-use crate::upstream::{BoxError, UpstreamError};
+use crate::upstream::{BoxError, FAILED, UpstreamError};
 
 pub(super) fn rejected(
     status: StatusCode,
@@ -133,7 +133,7 @@ where
             );
             return rejected(
                 StatusCode::BAD_GATEWAY,
-                "upstream_failed",
+                FAILED,
                 "SageMaker refused the call; the proxy's log has the details".into(),
             );
         }
@@ -166,17 +166,14 @@ pub(super) fn stream_failure<R>(
                 e.message().unwrap_or("SageMaker's stream failed").into(),
             ),
             other => (
-                "upstream_failed",
+                FAILED,
                 other
                     .message()
                     .unwrap_or("SageMaker's stream failed")
                     .into(),
             ),
         },
-        _ => (
-            "upstream_failed",
-            "the SageMaker response stream broke".into(),
-        ),
+        _ => (FAILED, "the SageMaker response stream broke".into()),
     }
 }
 
