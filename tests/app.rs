@@ -31,6 +31,25 @@ async fn kafka_up(running: &reviewloop::app::Running) -> Option<i64> {
         .map(|value| value.trim().parse().unwrap())
 }
 
+async fn start(config: Config, roles: Roles, shutdown: &Shutdown) -> reviewloop::app::Running {
+    App::build(config.check().unwrap(), roles)
+        .await
+        .unwrap()
+        .spawn(shutdown.clone())
+}
+
+/// An inference the scoring upstream answers with confidence 0.2.
+async fn ask_unsure(running: &reviewloop::app::Running) -> http::response::Parts {
+    let proxy = running.proxy_address().unwrap();
+    let (parts, _) = send(post(
+        &format!("http://{proxy}/invocations"),
+        "application/json",
+        r#"{"score":0.2}"#,
+    ))
+    .await;
+    parts
+}
+
 /// A proxy in front of a scoring upstream, with its Kafka brokers at `brokers`.
 async fn proxy_config(brokers: &str) -> Config {
     let mut config = config_for(scoring_upstream().await);
@@ -44,18 +63,9 @@ async fn with_the_broker_down_the_proxy_is_ready_and_serves_and_the_gauge_says_k
     // Port 1 on loopback: nothing listens.
     let config = proxy_config("127.0.0.1:1").await;
     let shutdown = Shutdown::new();
-    let running = App::build(config.check().unwrap(), Roles::PROXY)
-        .await
-        .unwrap()
-        .spawn(shutdown.clone());
+    let running = start(config, Roles::PROXY, &shutdown).await;
     assert_eq!(readyz(&running).await, StatusCode::OK);
-    let proxy = running.proxy_address().unwrap();
-    let (parts, _) = send(post(
-        &format!("http://{proxy}/invocations"),
-        "application/json",
-        r#"{"score":0.2}"#,
-    ))
-    .await;
+    let parts = ask_unsure(&running).await;
     assert_eq!(parts.status, StatusCode::OK, "inference is served");
     // The monitor's first metadata request gives up after a few seconds.
     let mut up = None;
@@ -77,10 +87,7 @@ async fn opted_in_readiness_waits_for_the_broker() {
     let mut config = proxy_config("127.0.0.1:1").await;
     config.server.ready_requires_kafka = true;
     let shutdown = Shutdown::new();
-    let running = App::build(config.check().unwrap(), Roles::PROXY)
-        .await
-        .unwrap()
-        .spawn(shutdown.clone());
+    let running = start(config, Roles::PROXY, &shutdown).await;
     assert_eq!(readyz(&running).await, StatusCode::SERVICE_UNAVAILABLE);
     shutdown.fire();
     running.wait().await.unwrap();
@@ -90,10 +97,7 @@ async fn opted_in_readiness_waits_for_the_broker() {
     let mut config = proxy_config(&cluster.bootstrap_servers()).await;
     config.server.ready_requires_kafka = true;
     let shutdown = Shutdown::new();
-    let running = App::build(config.check().unwrap(), Roles::PROXY)
-        .await
-        .unwrap()
-        .spawn(shutdown.clone());
+    let running = start(config, Roles::PROXY, &shutdown).await;
     let mut status = readyz(&running).await;
     for _ in 0..100 {
         if status == StatusCode::OK {
@@ -128,18 +132,9 @@ async fn when_the_joiner_fails_run_stops_and_still_delivers_the_queued_review_re
     );
     let mut config = proxy_config(&cluster.bootstrap_servers()).await;
     config.kafka.create_topics = false;
-    let running = App::build(config.check().unwrap(), Roles::ALL)
-        .await
-        .unwrap()
-        .spawn(Shutdown::new());
-    let proxy = running.proxy_address().unwrap();
+    let running = start(config, Roles::ALL, &Shutdown::new()).await;
     let metrics = running.metrics().clone();
-    let (parts, _) = send(post(
-        &format!("http://{proxy}/invocations"),
-        "application/json",
-        r#"{"score":0.2}"#,
-    ))
-    .await;
+    let parts = ask_unsure(&running).await;
     assert_eq!(parts.headers["x-reviewloop-review"], "low_confidence");
     let delivered = || metrics.kafka_reports("reviewloop.review", DeliveryOutcome::Delivered);
     assert_eq!(delivered(), 0, "the broker has not taken it yet");

@@ -7,10 +7,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,29 +31,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Echoes the child's stderr and sends the `address=`/`bootstrap=` value of each line that
-/// contains one of the markers.
-fn watch_log(
-    stderr: impl std::io::Read + Send + 'static,
-    wanted: &'static [(&'static str, &'static str)],
-) -> mpsc::Receiver<(&'static str, String)> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("reviewloop: {line}");
-            for (marker, key) in wanted {
-                if line.contains(marker)
-                    && let Some(value) = line.split(&format!("{key}=")).nth(1)
-                {
-                    let value = value.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send((*marker, value));
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// The `reviewloop_…` metric names in a dashboard or rules file: identifiers that start with

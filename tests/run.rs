@@ -4,36 +4,12 @@
 mod common;
 mod kafka_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-/// Echoes the child's stderr and sends `value` of `key=value` for lines containing `marker`.
-fn watch_log(
-    stderr: impl std::io::Read + Send + 'static,
-    wanted: &'static [(&'static str, &'static str)],
-) -> mpsc::Receiver<(&'static str, String)> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("reviewloop: {line}");
-            for (marker, key) in wanted {
-                if line.contains(marker)
-                    && let Some(value) = line.split(&format!("{key}=")).nth(1)
-                {
-                    let value = value.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send((*marker, value));
-                }
-            }
-        }
-    });
-    rx
-}
 
 #[tokio::test]
 async fn a_reviewed_inference_becomes_one_retraining_record() {

@@ -251,3 +251,31 @@ pub async fn scoring_upstream() -> SocketAddr {
     })
     .await
 }
+
+/// Echoes a child process's stderr and sends `(marker, value)` for each line that contains
+/// `marker` and `key=value` (the value up to the next space): how tests learn the addresses a
+/// `reviewloop` process listens on.
+pub fn watch_log(
+    stderr: impl std::io::Read + Send + 'static,
+    wanted: &'static [(&'static str, &'static str)],
+) -> std::sync::mpsc::Receiver<(&'static str, String)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("reviewloop: {line}");
+            for (marker, key) in wanted {
+                if line.contains(marker)
+                    && let Some(value) = line.split(&format!("{key}=")).nth(1)
+                {
+                    let value = value.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send((*marker, value));
+                }
+            }
+        }
+    });
+    rx
+}
