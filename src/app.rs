@@ -61,8 +61,8 @@ impl Roles {
 }
 
 /// Where Kafka is: the configured brokers, or an embedded broker kept alive by this value.
-pub struct KafkaEndpoint {
-    pub bootstrap: String,
+struct KafkaEndpoint {
+    bootstrap: String,
     _embedded: Option<EmbeddedBroker>,
 }
 
@@ -70,7 +70,7 @@ impl KafkaEndpoint {
     /// Starts the embedded broker when `brokers = "embedded"`; otherwise just names the brokers.
     /// The embedded broker gets every topic up front, the joiner's state topic included (the
     /// mock cluster cannot create topics through the admin API).
-    pub fn connect(config: &Config) -> anyhow::Result<KafkaEndpoint> {
+    fn connect(config: &Config) -> anyhow::Result<KafkaEndpoint> {
         let kafka_config = &config.kafka;
         if !kafka_config.is_embedded() {
             return Ok(KafkaEndpoint {
@@ -145,9 +145,10 @@ impl App {
                  `reviewloop demo`, or point `join` at a broker"
             );
         }
-        let data = match upstream.is_some() {
-            true => Some(bind(config.server.listen, "server.listen").await?),
-            false => None,
+        let data = if upstream.is_some() {
+            Some(bind(config.server.listen, "server.listen").await?)
+        } else {
+            None
         };
         let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
         let kafka = KafkaEndpoint::connect(&config)?;
