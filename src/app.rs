@@ -1,4 +1,5 @@
-//! Wiring: builds the pieces from the config and runs `proxy`, `join`, `run` and `demo`.
+//! Wiring: builds the pieces from the config and runs `proxy`, `join`, `console`, `run` and
+//! `demo`.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -252,6 +253,46 @@ pub async fn run_join(
     join::run(&config, &config.kafka.brokers, metrics, shutdown.wait()).await?;
     admin.await??;
     info!("joiner stopped");
+    Ok(())
+}
+
+/// Runs the reviewer console, with an admin server for its metrics, until `shutdown`.
+pub async fn run_console(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.kafka.is_embedded() {
+        anyhow::bail!(
+            "kafka.brokers = \"embedded\" lives inside one process: use `reviewloop demo \
+             --serve`, or point `console` at a broker"
+        );
+    }
+    let shutdown = Shutdown::on(shutdown);
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind(config.console.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on console.listen = {}",
+                config.console.listen
+            )
+        })?;
+    let admin_listener = bind_admin(&config).await?;
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics.clone(),
+        Arc::new(|| true),
+        shutdown.clone().wait(),
+    ));
+    crate::console::run(
+        &config,
+        &config.kafka.brokers,
+        metrics,
+        listener,
+        shutdown.wait(),
+    )
+    .await?;
+    admin.await??;
     Ok(())
 }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub review: ReviewConfig,
     pub kafka: KafkaConfig,
     pub join: JoinConfig,
+    /// The reviewer console (`reviewloop console`).
+    pub console: crate::console::ConsoleConfig,
     /// Optional named routes; the top-level `confidence`/`review` tables are the default route.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
@@ -579,6 +581,7 @@ impl Config {
             }
             check_decision(&prefix, &route.confidence, &route.review, &mut problems);
         }
+        problems.extend(self.console.check());
         problems
     }
 

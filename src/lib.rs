@@ -20,6 +20,7 @@
 //! - [`kafka`]: client configuration, the embedded broker, CloudEvents headers.
 //! - [`review`]: the pipeline behind the hook: decide, count, build and send the record.
 //! - [`join`]: the exactly-once joiner of answers into retraining records.
+//! - [`console`]: the reviewer console: people answer reviews in a browser.
 //! - [`demo`]: the whole loop in one process, with a model that learns.
 //! - [`app`]: wiring the pieces into `proxy`, `join`, `run` and `demo`.
 
@@ -30,6 +31,7 @@ pub mod app;
 pub mod conditions;
 pub mod confidence;
 pub mod config;
+pub mod console;
 pub mod decision;
 pub mod demo;
 pub mod exchange;

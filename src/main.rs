@@ -41,6 +41,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the reviewer console: people answer reviews in a browser.
+    Console {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the proxy and the joiner in one process.
     Run {
         /// TOML config file; built-in defaults apply when omitted.
@@ -80,6 +86,10 @@ fn main() -> ExitCode {
         },
         Command::Join { config } => match load(config) {
             Ok(config) => run(app::run_join(config, app::shutdown_signal())),
+            Err(code) => code,
+        },
+        Command::Console { config } => match load(config) {
+            Ok(config) => run(app::run_console(config, app::shutdown_signal())),
             Err(code) => code,
         },
         Command::Demo(options) => {

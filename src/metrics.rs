@@ -176,6 +176,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for components that own their metrics (the console).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
