@@ -42,7 +42,8 @@
 //! - [`prediction`]: the model's labels, text and JSON as the task page shows them (pure).
 //! - [`templates`]: one renderer per kind of task (classify, text, json).
 //! - [`pages`]: the HTML pages; `assets/` the script and the style sheet.
-//! - [`server`]: the HTTP routes and security headers.
+//! - [`server`]: the HTTP routes, identity and CSRF checks, security headers.
+//! - [`task`]: the task flow: the next item, an answer taken once, published, acknowledged.
 //! - [`metrics`]: the console's Prometheus metrics.
 
 mod auth;
@@ -53,6 +54,7 @@ mod pages;
 mod prediction;
 mod queue;
 mod server;
+mod task;
 mod templates;
 
 pub use config::{AuthMode, ConsoleConfig, RouteSettings, TemplateKind};

@@ -230,8 +230,12 @@ pub fn task(page: TaskPage<'_>) -> Markup {
                     @if let Some(route) = page.route_filter { input type="hidden" name="route" value=(route); }
                     (page.template.controls(page.task, page.draft))
                     div.actions {
-                        button.primary #submit type="submit" { "Submit" }
-                        button.secondary #skip type="submit" form="skip-form" { "Skip" }
+                        button.primary #send type="submit" {
+                            "Submit" @if let Some(key) = key_for(page.template, "submit") { " " kbd { (key) } }
+                        }
+                        button.secondary #skip type="submit" form="skip-form" {
+                            "Skip" @if let Some(key) = key_for(page.template, "skip") { " " kbd { (key) } }
+                        }
                     }
                     p.lease data-expires=(expires_ms) {
                         "Yours until " (clock(page.leased.expires)) " UTC"
@@ -261,6 +265,15 @@ pub fn task(page: TaskPage<'_>) -> Markup {
         },
         body,
     )
+}
+
+/// The key a template binds to `action`, for the button's hint.
+fn key_for(template: &dyn Template, action: &str) -> Option<&'static str> {
+    template
+        .keys()
+        .iter()
+        .find(|(_, what)| *what == action)
+        .map(|(key, _)| *key)
 }
 
 fn reason_help(reason: Reason) -> &'static str {
