@@ -9,7 +9,7 @@
 //! topics are read independently): they wait until it comes, and the item opens already
 //! answered — or never opens.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,12 +28,14 @@ struct Lease {
     expires: SystemTime,
 }
 
+/// Where an item is in the queue: its review record's time, then arrival order.
+type Key = (SystemTime, u64);
+
 #[derive(Debug)]
 struct Item<T> {
+    id: String,
     route: Arc<str>,
     arrived: SystemTime,
-    /// Position in `Queue::order`.
-    key: (SystemTime, u64),
     payload: T,
     answered: BTreeSet<String>,
     leases: Vec<Lease>,
@@ -163,9 +165,9 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Queue<T> {
     rules: Rules,
-    items: HashMap<String, Item<T>>,
-    /// Open ids, oldest review first.
-    order: BTreeMap<(SystemTime, u64), String>,
+    /// Open items, oldest review first: a reviewer's next item is a walk from the front.
+    items: BTreeMap<Key, Item<T>>,
+    ids: HashMap<String, Key>,
     sequence: u64,
     /// Each reviewer's current lease.
     held: HashMap<String, String>,
@@ -181,8 +183,8 @@ impl<T> Queue<T> {
     pub fn new(rules: Rules) -> Queue<T> {
         Queue {
             rules,
-            items: HashMap::new(),
-            order: BTreeMap::new(),
+            items: BTreeMap::new(),
+            ids: HashMap::new(),
             sequence: 0,
             held: HashMap::new(),
             closed: HashMap::new(),
@@ -210,7 +212,7 @@ impl<T> Queue<T> {
         payload: T,
         now: SystemTime,
     ) -> Offered {
-        if self.items.contains_key(id) || self.closed.contains_key(id) {
+        if self.ids.contains_key(id) || self.closed.contains_key(id) {
             return Offered::Duplicate;
         }
         let answered = self
@@ -228,13 +230,13 @@ impl<T> Queue<T> {
             return Offered::Answered;
         }
         let key = (arrived, self.next_sequence());
-        self.order.insert(key, id.to_owned());
+        self.ids.insert(id.to_owned(), key);
         self.items.insert(
-            id.to_owned(),
+            key,
             Item {
+                id: id.to_owned(),
                 route: Arc::from(route),
                 arrived,
-                key,
                 payload,
                 answered,
                 leases: Vec::new(),
@@ -249,7 +251,8 @@ impl<T> Queue<T> {
     /// the item, which closes with its last needed answer. Returns whether it was new.
     pub fn record_answer(&mut self, id: &str, reviewer: &str, at: SystemTime) -> bool {
         let needed = self.needed();
-        let new = if let Some(item) = self.items.get_mut(id) {
+        let key = self.ids.get(id).copied();
+        let new = if let Some(item) = key.and_then(|key| self.items.get_mut(&key)) {
             let new = item.answered.insert(reviewer.to_owned());
             item.leases.retain(|l| l.reviewer != reviewer);
             if self.held.get(reviewer).is_some_and(|held| held == id) {
@@ -293,7 +296,8 @@ impl<T> Queue<T> {
     ) -> Option<Leased> {
         self.expire(now);
         if let Some(id) = self.held.remove(reviewer)
-            && let Some(item) = self.items.get_mut(&id)
+            && let Some(&key) = self.ids.get(&id)
+            && let Some(item) = self.items.get_mut(&key)
         {
             let wanted = route.is_none_or(|r| *r == *item.route);
             if let Some(lease) = item.lease_of(reviewer, now).filter(|_| wanted) {
@@ -310,21 +314,21 @@ impl<T> Queue<T> {
         let needed = self.needed();
         let mut skipped = None;
         let mut chosen = None;
-        for id in self.order.values() {
-            let item = &self.items[id];
+        for (key, item) in &self.items {
             if route.is_some_and(|r| r != &*item.route) || !item.available_to(reviewer, needed, now)
             {
                 continue;
             }
             if item.skipped_by.contains(reviewer) {
-                skipped = skipped.or(Some(id));
+                skipped = skipped.or(Some(*key));
             } else {
-                chosen = Some(id);
+                chosen = Some(*key);
                 break;
             }
         }
-        let id = chosen.or(skipped)?.clone();
-        let item = self.items.get_mut(&id).expect("ids in order are open");
+        let key = chosen.or(skipped)?;
+        let item = self.items.get_mut(&key).expect("a key just found");
+        let id = item.id.clone();
         let expires = after(now, self.rules.task_time_limit);
         item.leases.retain(|l| l.expires > now);
         item.leases.push(Lease {
@@ -342,7 +346,8 @@ impl<T> Queue<T> {
 
     /// `reviewer` passes on `id`: their lease ends and the item goes back to the others.
     pub fn skip(&mut self, id: &str, reviewer: &str) {
-        if let Some(item) = self.items.get_mut(id) {
+        let key = self.ids.get(id).copied();
+        if let Some(item) = key.and_then(|key| self.items.get_mut(&key)) {
             item.leases.retain(|l| l.reviewer != reviewer);
             item.skipped_by.insert(reviewer.to_owned());
         }
@@ -361,7 +366,8 @@ impl<T> Queue<T> {
         now: SystemTime,
     ) -> Result<Submission, Refusal> {
         let needed = self.needed();
-        let Some(item) = self.items.get_mut(id) else {
+        let key = self.ids.get(id).copied();
+        let Some(item) = key.and_then(|key| self.items.get_mut(&key)) else {
             let answered = self
                 .closed
                 .get(id)
@@ -398,7 +404,8 @@ impl<T> Queue<T> {
     /// Ends a submission: a published answer counts; an unpublished one gives the reviewer
     /// their lease back (with a fresh time limit) to try again.
     pub fn finish_submit(&mut self, id: &str, reviewer: &str, published: bool, now: SystemTime) {
-        let Some(item) = self.items.get_mut(id) else {
+        let key = self.ids.get(id).copied();
+        let Some(item) = key.and_then(|key| self.items.get_mut(&key)) else {
             if published {
                 self.record_answer(id, reviewer, now);
             }
@@ -421,7 +428,7 @@ impl<T> Queue<T> {
 
     /// `reviewer`'s live lease on `id`.
     pub fn lease(&self, id: &str, reviewer: &str, now: SystemTime) -> Option<Leased> {
-        let lease = self.items.get(id)?.lease_of(reviewer, now)?;
+        let lease = self.item(id)?.lease_of(reviewer, now)?;
         Some(Leased {
             id: id.to_owned(),
             shown_at: lease.shown_at,
@@ -431,25 +438,28 @@ impl<T> Queue<T> {
 
     /// The payload of an open item, with its route and when its review record was written.
     pub fn get(&self, id: &str) -> Option<(&T, &str, SystemTime)> {
-        self.items
-            .get(id)
+        self.item(id)
             .map(|item| (&item.payload, &*item.route, item.arrived))
     }
 
     #[cfg(test)]
     pub fn is_open(&self, id: &str) -> bool {
-        self.items.contains_key(id)
+        self.ids.contains_key(id)
+    }
+
+    fn item(&self, id: &str) -> Option<&Item<T>> {
+        self.items.get(self.ids.get(id)?)
     }
 
     /// Closes items past `review_timeout` and forgets what no late record can need any more.
     /// Returns how many items expired.
     pub fn expire(&mut self, now: SystemTime) -> usize {
         let mut expired = 0;
-        while let Some((&(arrived, _), id)) = self.order.first_key_value() {
+        while let Some((&(arrived, _), item)) = self.items.first_key_value() {
             if after(arrived, self.rules.review_timeout) > now {
                 break;
             }
-            let id = id.clone();
+            let id = item.id.clone();
             self.close(&id);
             expired += 1;
         }
@@ -469,33 +479,44 @@ impl<T> Queue<T> {
     }
 
     /// Open items, and how many of them are leased: the `reviewloop_console_items` gauge.
+    /// Costs a look at each reviewer's lease, not a pass over the queue.
     pub fn counts(&self, now: SystemTime) -> (usize, usize) {
-        let leased = self
-            .items
-            .values()
-            .filter(|item| item.live_leases(now).next().is_some())
-            .count();
-        (self.items.len(), leased)
+        let leased: HashSet<Key> = self
+            .held
+            .iter()
+            .filter_map(|(reviewer, id)| {
+                let key = *self.ids.get(id)?;
+                self.items[&key].lease_of(reviewer, now).map(|_| key)
+            })
+            .collect();
+        (self.items.len(), leased.len())
     }
 
-    /// The numbers of the queue page, as `reviewer` sees them.
-    pub fn stats(&self, reviewer: &str, now: SystemTime) -> Stats {
-        let needed = self.needed();
-        let mut stats = Stats {
-            open: self.items.len(),
-            oldest: self.order.keys().next().map(|(arrived, _)| *arrived),
+    /// The task page's numbers: [`stats`](Self::stats) without the per-route breakdown, so
+    /// without a pass over the queue.
+    pub fn summary(&self, reviewer: &str, now: SystemTime) -> Stats {
+        let (open, leased) = self.counts(now);
+        Stats {
+            open,
+            leased,
+            oldest: self.items.keys().next().map(|(arrived, _)| *arrived),
             mine_today: match self.today.get(reviewer) {
                 Some(&(day, count)) if day == day_of(now) => count,
                 _ => 0,
             },
-            ..Stats::default()
-        };
+            routes: BTreeMap::new(),
+        }
+    }
+
+    /// The numbers of the queue page, as `reviewer` sees them (a pass over the queue).
+    pub fn stats(&self, reviewer: &str, now: SystemTime) -> Stats {
+        let needed = self.needed();
+        let mut stats = self.summary(reviewer, now);
         for item in self.items.values() {
             let route = stats.routes.entry(item.route.to_string()).or_default();
             route.open += 1;
             if item.live_leases(now).next().is_some() {
                 route.leased += 1;
-                stats.leased += 1;
             }
             if item.available_to(reviewer, needed, now) {
                 route.for_me += 1;
@@ -505,10 +526,9 @@ impl<T> Queue<T> {
     }
 
     fn close(&mut self, id: &str) {
-        let Some(item) = self.items.remove(id) else {
+        let Some(item) = self.ids.remove(id).and_then(|key| self.items.remove(&key)) else {
             return;
         };
-        self.order.remove(&item.key);
         for lease in &item.leases {
             if self
                 .held

@@ -33,7 +33,7 @@ pub(super) fn next_task(
             .as_ref()
             .and_then(|l| queue.get(&l.id))
             .map(|(bytes, _, arrived)| (bytes.clone(), arrived));
-        (leased, item, queue.stats(&name, now))
+        (leased, item, queue.summary(&name, now))
     };
     match (leased, item) {
         (Some(leased), Some((bytes, arrived))) => render_task(
@@ -183,7 +183,7 @@ fn again(
     let (leased, stats) = {
         let queue = lock(state);
         let leased = queue.lease(id, &viewer.reviewer.name, now);
-        (leased, queue.stats(&viewer.reviewer.name, now))
+        (leased, queue.summary(&viewer.reviewer.name, now))
     };
     // A lease that ran out shows as ending now: the answer may still be taken (see Queue).
     let leased = leased.unwrap_or(Leased {

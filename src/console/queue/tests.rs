@@ -273,7 +273,7 @@ proptest! {
                         // A new lease fits in what the item still needs (answers from other
                         // instances can overfill it later; they do not revoke leases).
                         if before.as_ref() != Some(&leased) {
-                            let item = &q.items[&leased.id];
+                            let item = q.item(&leased.id).unwrap();
                             prop_assert!(item.committed("", now) <= needed);
                         }
                         holding.insert(reviewer, leased.id);
@@ -301,11 +301,14 @@ proptest! {
                 }
                 Op::Wait(seconds) => now += Duration::from_secs(seconds),
             }
-            // One live lease per reviewer.
+            // One live lease per reviewer, and the gauge's count of leased items (from each
+            // reviewer's lease) is the queue's.
             for reviewer in reviewers {
                 let held = q.items.values().filter(|i| i.lease_of(reviewer, now).is_some()).count();
                 prop_assert!(held <= 1, "{reviewer} holds {held} items");
             }
+            let leased = q.items.values().filter(|i| i.live_leases(now).next().is_some()).count();
+            prop_assert_eq!(q.counts(now), (q.items.len(), leased));
             // Open ⇔ reviewed and too few answers (120 waits of < 25 s never reach the
             // hour after which items expire).
             for id in &reviewed {
