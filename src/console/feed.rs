@@ -66,7 +66,12 @@ struct Reader {
     topic: String,
     /// Partitions not yet read to where they ended at start, with that end offset.
     pending: HashMap<i32, i64>,
+    /// When a read error was last logged (an outage would log one every retry otherwise).
+    warned: Option<std::time::Instant>,
 }
+
+/// Read errors are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Reads both topics into `shared` until `shutdown`.
 pub async fn follow(
@@ -178,6 +183,7 @@ impl Reader {
             input,
             topic: topic.to_owned(),
             pending,
+            warned: None,
         };
         Ok((consumer, reader))
     }
@@ -205,7 +211,10 @@ impl Reader {
                 self.pending.remove(&partition);
             }
             Err(e) => {
-                warn!(topic = %self.topic, error = %e, "reading a console topic failed; retrying");
+                if self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    warn!(topic = %self.topic, error = %e, "reading a console topic failed; retrying");
+                    self.warned = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
