@@ -227,24 +227,26 @@ impl Auth {
             }
             AuthMode::None | AuthMode::Tokens => {
                 let id = cookie(headers, &self.session_cookie()).ok_or(NoIdentity::SignInNeeded)?;
-                let current = self.tokens.as_ref().map(|tokens| {
+                // One lock at a time (sign_in takes them in the other order).
+                let (reviewer, expires, digest) = {
+                    let sessions = self.sessions.lock().expect("sessions lock");
+                    let session = sessions.get(id).ok_or(NoIdentity::SignInNeeded)?;
+                    let reviewer = Reviewer {
+                        name: session.reviewer.clone(),
+                        csrf: session.csrf.clone(),
+                    };
+                    (reviewer, session.expires, session.digest)
+                };
+                let revoked = self.tokens.as_ref().is_some_and(|tokens| {
                     let mut tokens = tokens.lock().expect("tokens lock");
                     tokens.refresh();
-                    tokens.file.clone()
+                    tokens.file.digest_of(&reviewer.name) != digest
                 });
-                let mut sessions = self.sessions.lock().expect("sessions lock");
-                let session = sessions.get(id).ok_or(NoIdentity::SignInNeeded)?;
-                let revoked = current
-                    .as_ref()
-                    .is_some_and(|file| file.digest_of(&session.reviewer) != session.digest);
-                if session.expires <= Instant::now() || revoked {
-                    sessions.remove(id);
+                if expires <= Instant::now() || revoked {
+                    self.sessions.lock().expect("sessions lock").remove(id);
                     return Err(NoIdentity::SignInNeeded);
                 }
-                Ok(Reviewer {
-                    name: session.reviewer.clone(),
-                    csrf: session.csrf.clone(),
-                })
+                Ok(reviewer)
             }
         }
     }

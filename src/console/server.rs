@@ -117,17 +117,21 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
 
 async fn route(state: &State, parts: &Parts, body: Incoming) -> Response<Body> {
     let path = parts.uri.path();
-    let get = parts.method == Method::GET || parts.method == Method::HEAD;
+    // HEAD only where it has no effect: showing a task leases it.
+    let head = parts.method == Method::HEAD;
+    let get = parts.method == Method::GET;
     let post = parts.method == Method::POST;
     match path {
-        "/static/console.css" if get => return asset(CSS, "text/css; charset=utf-8"),
-        "/static/console.js" if get => return asset(JS, "text/javascript; charset=utf-8"),
+        "/static/console.css" if get || head => return asset(CSS, "text/css; charset=utf-8"),
+        "/static/console.js" if get || head => {
+            return asset(JS, "text/javascript; charset=utf-8");
+        }
         // For load balancers: ready once the queue is rebuilt (says nothing about the queue).
-        "/healthz" if get => return plain(StatusCode::OK, "ok\n"),
-        "/readyz" if get && state.shared.is_caught_up() => {
+        "/healthz" if get || head => return plain(StatusCode::OK, "ok\n"),
+        "/readyz" if (get || head) && state.shared.is_caught_up() => {
             return plain(StatusCode::OK, "ready\n");
         }
-        "/readyz" if get => return plain(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
+        "/readyz" if get || head => return plain(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
         _ => {}
     }
     if !get && !post {

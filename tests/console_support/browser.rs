@@ -2,6 +2,7 @@
 //! fantoccini. `launch()` starts a chromedriver of the test's own on a free port and one
 //! browser session with a fresh profile; both end when the `Browser` drops.
 
+use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,9 @@ pub async fn launch() -> Option<Browser> {
                  chromium-driver (.ci/run does)"
             );
         }
-        eprintln!(
+        // Straight to stderr: the test harness would swallow eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED: chromedriver is not installed, so this browser test did not run. \
              Install it with `apt-get install chromium chromium-driver` (.ci/run does). ***\n"
         );
