@@ -23,12 +23,12 @@ use tracing::{error, info, warn};
 pub use self::shutdown::{Shutdown, shutdown_signal};
 use crate::admin::{self, Readiness};
 use crate::config::{Checked, Config};
-use crate::join;
 use crate::kafka::{self, EmbeddedBroker, KafkaConfig, ReviewSink};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::review::ReviewPipeline;
 use crate::upstream::Upstream;
+use crate::{console, join};
 
 /// How long the startup topic check may wait for the broker.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +40,8 @@ pub struct Roles {
     pub proxy: bool,
     /// The review joiner.
     pub join: bool,
+    /// The reviewer console.
+    pub console: bool,
 }
 
 impl Roles {
@@ -47,16 +49,25 @@ impl Roles {
     pub const PROXY: Roles = Roles {
         proxy: true,
         join: false,
+        console: false,
     };
     /// `reviewloop join`.
     pub const JOIN: Roles = Roles {
         proxy: false,
         join: true,
+        console: false,
     };
-    /// `reviewloop run` and the demo.
+    /// `reviewloop console`.
+    pub const CONSOLE: Roles = Roles {
+        proxy: false,
+        join: false,
+        console: true,
+    };
+    /// `reviewloop run`: everything in one process.
     pub const ALL: Roles = Roles {
         proxy: true,
         join: true,
+        console: true,
     };
 }
 
@@ -109,6 +120,7 @@ pub struct App {
     admin: TcpListener,
     proxy: Option<ProxyPart>,
     join: bool,
+    console: Option<TcpListener>,
 }
 
 impl App {
@@ -139,14 +151,19 @@ impl App {
         upstream: Option<Upstream>,
     ) -> anyhow::Result<App> {
         let Checked { config, routes } = checked;
-        if roles.join && !roles.proxy && config.kafka.is_embedded() {
+        if !roles.proxy && config.kafka.is_embedded() {
             anyhow::bail!(
                 "kafka.brokers = \"embedded\" lives inside one process: use `reviewloop run` or \
-                 `reviewloop demo`, or point `join` at a broker"
+                 `reviewloop demo --serve`, or point this command at a broker"
             );
         }
         let data = if upstream.is_some() {
             Some(bind(config.server.listen, "server.listen").await?)
+        } else {
+            None
+        };
+        let console = if roles.console {
+            Some(bind(config.console.listen, "console.listen").await?)
         } else {
             None
         };
@@ -182,6 +199,7 @@ impl App {
             admin,
             proxy,
             join: roles.join,
+            console,
         })
     }
 
@@ -194,8 +212,10 @@ impl App {
             admin,
             proxy,
             join,
+            console,
         } = self;
         let admin_address = admin.local_addr().ok();
+        let console_address = console.as_ref().and_then(|l| l.local_addr().ok());
         let mut proxy_address = None;
         let mut sink = None;
         let mut ready: Readiness = Arc::new(|| true);
@@ -226,14 +246,34 @@ impl App {
                 Ok(())
             })
         });
+        let console_task = console.map(|listener| {
+            let (config, bootstrap, metrics, stop) = (
+                config.clone(),
+                kafka.bootstrap.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            tokio::spawn(async move {
+                let sections = console::Sections {
+                    console: &config.console,
+                    join: &config.join,
+                    kafka: &config.kafka,
+                    shutdown_grace: config.server.shutdown_grace,
+                };
+                console::run(sections, &bootstrap, metrics, listener, stop).await?;
+                Ok(())
+            })
+        });
         let admin_task = tokio::spawn(admin::serve(admin, metrics.clone(), ready, shutdown.wait()));
         Running {
             shutdown,
             proxy: proxy_task,
             join: join_task,
+            console: console_task,
             admin: admin_task,
             proxy_address,
             admin_address,
+            console_address,
             sink,
             metrics,
             kafka,
@@ -254,9 +294,11 @@ pub struct Running {
     shutdown: Shutdown,
     proxy: Option<JoinHandle<anyhow::Result<()>>>,
     join: Option<JoinHandle<anyhow::Result<()>>>,
+    console: Option<JoinHandle<anyhow::Result<()>>>,
     admin: JoinHandle<std::io::Result<()>>,
     proxy_address: Option<SocketAddr>,
     admin_address: Option<SocketAddr>,
+    console_address: Option<SocketAddr>,
     sink: Option<Arc<ReviewSink>>,
     metrics: Arc<Metrics>,
     /// Keeps an embedded broker alive until everything has stopped.
@@ -271,6 +313,11 @@ impl Running {
 
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin_address
+    }
+
+    /// The console's address, when this process runs the console.
+    pub fn console_address(&self) -> Option<SocketAddr> {
+        self.console_address
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -291,7 +338,8 @@ impl Running {
         let ended = |task: &Option<JoinHandle<anyhow::Result<()>>>| {
             task.as_ref().is_some_and(JoinHandle::is_finished)
         };
-        !self.shutdown.is_fired() && (ended(&self.proxy) || ended(&self.join))
+        !self.shutdown.is_fired()
+            && (ended(&self.proxy) || ended(&self.join) || ended(&self.console))
     }
 
     /// Waits for the shutdown or for the first component to end by itself, then stops every
@@ -301,6 +349,7 @@ impl Running {
             () = self.shutdown.wait() => None,
             result = ended(&mut self.proxy) => Some(result.context("the proxy failed")),
             result = ended(&mut self.join) => Some(result.context("the joiner failed")),
+            result = ended(&mut self.console) => Some(result.context("the console failed")),
         };
         if let Some(Err(e)) = &early {
             error!(
@@ -310,7 +359,11 @@ impl Running {
         }
         self.shutdown.fire();
         let mut first_error = early.and_then(Result::err);
-        for (task, what) in [(self.proxy, "the proxy"), (self.join, "the joiner")] {
+        for (task, what) in [
+            (self.proxy, "the proxy"),
+            (self.join, "the joiner"),
+            (self.console, "the console"),
+        ] {
             if let Some(task) = task {
                 let result = joined(task.await).with_context(|| format!("{what} failed"));
                 if let Err(e) = result {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use crate::confidence::ConfidenceConfig;
+pub use crate::console::{AuthMode, ConsoleConfig, TemplateKind};
 pub use crate::decision::ReviewConfig;
 pub use crate::join::JoinConfig;
 pub use crate::kafka::KafkaConfig;
@@ -47,6 +48,8 @@ pub struct Config {
     pub review: ReviewConfig,
     pub kafka: KafkaConfig,
     pub join: JoinConfig,
+    /// The reviewer console (`reviewloop console`, and part of `run`).
+    pub console: ConsoleConfig,
     /// Optional named routes; the top-level `confidence`/`review` tables are the default route.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
@@ -150,6 +153,7 @@ impl Config {
         section("upstream.", self.upstream.check());
         section("kafka.", self.kafka.check());
         section("join.", self.join.check());
+        section("console.", self.console.check());
         let routes = RouteTable::new(&self.confidence, &self.review, &self.routes)
             .map_err(|found| problems.extend(found));
         match routes {

@@ -192,6 +192,7 @@ fn write_banner(
         model,
         proxy,
         admin,
+        console,
         ..
     } = running;
     let kafka = &config.kafka;
@@ -200,14 +201,20 @@ fn write_banner(
     } else {
         format!("for {}", humantime::format_duration(options.duration))
     };
+    let reviewers = if options.reviewers == 0 {
+        "you review in the console".to_owned()
+    } else {
+        format!(
+            "{} simulated reviewers, {:.0}% accurate, ~{} a review",
+            options.reviewers,
+            options.reviewer_accuracy * 100.0,
+            humantime::format_duration(options.review_delay),
+        )
+    };
     writeln!(
         out,
-        "reviewloop demo: seed {}, {} requests/s {length}; {} simulated reviewers, {:.0}% accurate, ~{} a review",
-        options.seed,
-        options.rps,
-        options.reviewers,
-        options.reviewer_accuracy * 100.0,
-        humantime::format_duration(options.review_delay),
+        "reviewloop demo: seed {}, {} requests/s {length}; {reviewers}",
+        options.seed, options.rps,
     )?;
     writeln!(
         out,
@@ -222,6 +229,12 @@ fn write_banner(
         config.review.confidence_below, config.review.sample_percent
     )?;
     writeln!(out, "  metrics  http://{admin}/metrics")?;
+    if let Some(console) = console {
+        writeln!(
+            out,
+            "  console  http://{console}/  (reviewers sign in with any name: loopback only)"
+        )?;
+    }
     writeln!(
         out,
         "  kafka    {bootstrap} (embedded)  {} → {} → {}, {}",

@@ -17,8 +17,10 @@ pub use self::topics::{ensure_topics, topic_names};
 use std::sync::mpsc;
 use std::thread;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::{ClientConfig, ClientContext};
 
 /// `ce_source` of every record reviewloop writes.
 pub const CE_SOURCE: &str = "reviewloop";
@@ -67,6 +69,34 @@ pub fn client_config(
     }
     client
 }
+
+/// The context of a consumer that reads to the end of its partitions
+/// (`enable.partition.eof`): librdkafka reports each end as a client-wide error too, which the
+/// default context would log as one on every fetch.
+pub struct ReaderContext {
+    /// Names the reader in the log lines of real errors.
+    what: &'static str,
+}
+
+impl ReaderContext {
+    pub fn new(what: &'static str) -> ReaderContext {
+        ReaderContext { what }
+    }
+}
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        if matches!(error, RdKafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::debug!(reader = self.what, reason, "reached the end of a partition");
+        } else {
+            tracing::warn!(error = %error, reason, "librdkafka error in {}", self.what);
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// The CloudEvents Kafka binding headers (binary mode) for one record.
 pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {

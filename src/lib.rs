@@ -34,6 +34,8 @@
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
 //!   checks, the review sink.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
+//! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
+//!   completed topics, sign-in, task pages per template, answers published to Kafka.
 //! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
@@ -58,5 +60,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, decision, exchange, join, kafka, proxy, review, route, settings,
+    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, review, route,
+    settings,
 );

@@ -41,7 +41,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the proxy and the joiner in one process.
+    /// Run the reviewer console: people answer reviews in a browser.
+    Console {
+        /// TOML config file; built-in defaults apply when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy, the joiner and the console in one process.
     Run {
         /// TOML config file; built-in defaults apply when omitted.
         #[arg(long)]
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         },
         Command::Proxy { config } => serve(config, Roles::PROXY),
         Command::Join { config } => serve(config, Roles::JOIN),
+        Command::Console { config } => serve(config, Roles::CONSOLE),
         Command::Demo(options) => {
             let problems = options.validate();
             if !problems.is_empty() {

@@ -339,6 +339,11 @@ impl Metrics {
             .sum()
     }
 
+    /// The registry, for a component that registers metrics of its own.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

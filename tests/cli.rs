@@ -1,4 +1,5 @@
-//! The `reviewloop` binary as an operator runs it: config checking and graceful shutdown.
+//! The `reviewloop` binary as an operator runs it: config checking, graceful shutdown, and the
+//! console command.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::StatusCode;
+use http::{Request, StatusCode};
 
 fn reviewloop() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reviewloop"));
@@ -156,6 +157,90 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let (parts, body) = in_flight.await.unwrap();
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(body, r#"[{"label":"ok","score":0.99}]"#);
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn console_refuses_the_embedded_broker_and_a_bad_console_section() {
+    let output = reviewloop()
+        .args(["console"])
+        .env("REVIEWLOOP__KAFKA__BROKERS", "embedded")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("embedded") && stderr.contains("demo --serve"),
+        "{stderr}"
+    );
+
+    let output = reviewloop()
+        .args(["console"])
+        .env("REVIEWLOOP__CONSOLE__AUTH", "none")
+        .env("REVIEWLOOP__CONSOLE__LISTEN", "0.0.0.0:8090")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("console.auth = \"none\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn console_serves_once_its_queue_is_read_and_exits_0_on_sigterm() {
+    let broker =
+        reviewloop::kafka::EmbeddedBroker::start(&["reviewloop.review", "reviewloop.completed"], 3)
+            .unwrap();
+    let mut child = reviewloop()
+        .args(["console"])
+        .env("REVIEWLOOP__KAFKA__BROKERS", broker.bootstrap_servers())
+        .env("REVIEWLOOP__CONSOLE__LISTEN", "127.0.0.1:0")
+        .env("REVIEWLOOP__CONSOLE__AUTH", "none")
+        .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("console listening")
+                && let Some(rest) = line.split("address=").nth(1)
+            {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = addr_tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("console starts");
+    let get = |path: &str| {
+        Request::get(format!("http://{addr}{path}"))
+            .body(full_body(""))
+            .unwrap()
+    };
+    let mut ready = false;
+    for _ in 0..400 {
+        if send(get("/readyz")).await.0.status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the console never read its topics");
+    let (parts, body) = send(get("/signin")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("Sign in to review"));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -95,6 +95,7 @@ async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
         ])
         .env("REVIEWLOOP__SERVER__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("REVIEWLOOP__CONSOLE__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__UPSTREAM__URL", format!("http://{upstream}"))
         .env("REVIEWLOOP__KAFKA__BROKERS", "embedded")
         .env("RUST_LOG", "info")

@@ -18,6 +18,7 @@ async fn a_reviewed_inference_becomes_one_retraining_record() {
         .args(["run"])
         .env("REVIEWLOOP__SERVER__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("REVIEWLOOP__CONSOLE__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__UPSTREAM__URL", format!("http://{upstream}"))
         .env("REVIEWLOOP__KAFKA__BROKERS", "embedded")
         .env("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0")

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Config;
+use super::task::LABELS;
+use crate::config::{AuthMode, Config, TemplateKind};
 use crate::kafka::EMBEDDED_BROKERS;
 
 /// `review.confidence_below` of the demo (reviewloop's default).
@@ -29,7 +30,7 @@ pub struct DemoOptions {
     /// One table row per this period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Simulated reviewers.
+    /// Simulated reviewers; 0 with --serve: people answer in the console.
     #[arg(long, default_value_t = 16)]
     pub reviewers: usize,
     /// Probability that a reviewer gives the true label (0..1).
@@ -79,8 +80,9 @@ impl DemoOptions {
         if self.interval.is_zero() {
             problems.push("--interval must be more than 0s".to_owned());
         }
-        if self.reviewers == 0 {
-            problems.push("--reviewers must be at least 1".to_owned());
+        if self.reviewers == 0 && !self.serve {
+            problems
+                .push("--reviewers 0 needs --serve: then people answer in the console".to_owned());
         }
         if !(0.0..=1.0).contains(&self.reviewer_accuracy) {
             problems.push(format!(
@@ -88,7 +90,10 @@ impl DemoOptions {
                 self.reviewer_accuracy
             ));
         }
-        if self.answers_per_review == 0 || self.answers_per_review as usize > self.reviewers {
+        let simulated = self.reviewers > 0;
+        if self.answers_per_review == 0
+            || (simulated && self.answers_per_review as usize > self.reviewers)
+        {
             problems.push(format!(
                 "--answers-per-review = {}: must be between 1 and --reviewers ({})",
                 self.answers_per_review, self.reviewers
@@ -121,6 +126,13 @@ pub fn demo_config(options: &DemoOptions, model: SocketAddr) -> Config {
     config.join.reviewers_per_item = options.answers_per_review;
     config.review.budget_per_second = options.budget_per_second;
     config.review.confidence_below = CONFIDENCE_BELOW;
+    // With --serve the console runs too: on loopback, where a name is enough to sign in.
+    config.console.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.console.auth = AuthMode::None;
+    config.console.template = TemplateKind::Classify;
+    config.console.labels = LABELS.iter().map(|label| label.to_string()).collect();
+    config.console.instructions = "Which team should handle this support ticket?".into();
+    config.console.task_time_limit = Duration::from_secs(300);
     config
 }
 
@@ -149,6 +161,23 @@ mod tests {
         ] {
             assert!(problems.iter().any(|p| p.contains(flag)), "{flag}");
         }
+    }
+
+    #[test]
+    fn people_review_only_when_the_demo_keeps_serving() {
+        let alone = DemoOptions {
+            reviewers: 0,
+            ..DemoOptions::default()
+        };
+        let problems = alone.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("--serve"), "{problems:?}");
+        let serving = DemoOptions {
+            serve: true,
+            answers_per_review: 2,
+            ..alone
+        };
+        assert!(serving.validate().is_empty());
     }
 
     #[test]

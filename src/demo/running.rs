@@ -49,12 +49,15 @@ pub(super) struct Running {
     pub model: SocketAddr,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The reviewer console, with `--serve`.
+    pub console: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     learner: Arc<Model>,
     reviewers: Arc<ReviewerStats>,
     stop: Shutdown,
     app: app::Running,
-    reviewer_pool: JoinHandle<anyhow::Result<()>>,
+    /// The simulated reviewers, unless people answer in the console (`--reviewers 0`).
+    reviewer_pool: Option<JoinHandle<anyhow::Result<()>>>,
     trainer: JoinHandle<anyhow::Result<()>>,
     model_server: JoinHandle<()>,
 }
@@ -85,11 +88,16 @@ impl Running {
             .clone()
             .check()
             .context("the demo's configuration is invalid")?;
-        let app = App::build(checked, Roles::ALL).await?.spawn(stop.clone());
+        let roles = Roles {
+            console: options.serve,
+            ..Roles::ALL
+        };
+        let app = App::build(checked, roles).await?.spawn(stop.clone());
         let bootstrap = app.bootstrap().to_owned();
         let metrics = app.metrics().clone();
         let proxy = app.proxy_address().context("the demo runs the proxy")?;
         let admin = app.admin_address().context("the admin server listens")?;
+        let console = app.console_address();
 
         // The simulated parties around it.
         let trainer = {
@@ -102,7 +110,7 @@ impl Running {
             tokio::spawn(async move { model::train(&config, &bootstrap, learner, stop).await })
         };
         let reviewers = Arc::new(ReviewerStats::default());
-        let reviewer_pool = {
+        let reviewer_pool = (options.reviewers > 0).then(|| {
             let settings = ReviewerSettings {
                 count: options.reviewers,
                 accuracy: options.reviewer_accuracy,
@@ -120,13 +128,14 @@ impl Running {
             tokio::spawn(async move {
                 reviewers::run(&config, &bootstrap, task, settings, stats, stop).await
             })
-        };
+        });
         Ok(Running {
             config,
             bootstrap,
             model,
             proxy,
             admin,
+            console,
             metrics,
             learner,
             reviewers,
@@ -144,7 +153,11 @@ impl Running {
 
     /// The app, the reviewers and the trainer only end early when they fail.
     pub fn failed(&self) -> bool {
-        self.app.failed() || self.reviewer_pool.is_finished() || self.trainer.is_finished()
+        let reviewers_ended = self
+            .reviewer_pool
+            .as_ref()
+            .is_some_and(JoinHandle::is_finished);
+        self.app.failed() || reviewers_ended || self.trainer.is_finished()
     }
 
     /// Waits until the `reviewed` reviews the clients saw reached Kafka, were answered and
@@ -181,10 +194,12 @@ impl Running {
             ..
         } = self;
         stop.fire();
-        reviewer_pool
-            .await
-            .context("the reviewers panicked")?
-            .context("the reviewers failed")?;
+        if let Some(reviewer_pool) = reviewer_pool {
+            reviewer_pool
+                .await
+                .context("the reviewers panicked")?
+                .context("the reviewers failed")?;
+        }
         trainer
             .await
             .context("the trainer panicked")?

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::clients::ReaderContext;
+use crate::kafka::ReaderContext;
 use super::error::JoinError;
 use super::render::Output;
 use super::state::{Entry, JoinState, Rules};

@@ -3,14 +3,13 @@
 //! transactional producer per input partition.
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::BaseProducer;
-use rdkafka::{ClientConfig, ClientContext};
-use tracing::{debug, warn};
+use rdkafka::ClientConfig;
 
 use super::JoinConfig;
 use super::state::Rules;
-use crate::kafka::{KafkaConfig, client_config};
+use crate::kafka::{KafkaConfig, ReaderContext, client_config};
 
 /// What the joiner needs from the configuration, resolved once.
 #[derive(Debug, Clone)]
@@ -62,7 +61,7 @@ impl Settings {
         client
             .set("group.id", format!("{}-reader", self.group_id))
             .set("enable.partition.eof", "true");
-        client.create_with_context(ReaderContext)
+        client.create_with_context(ReaderContext::new("the joiner's reader"))
     }
 
     /// The producer of `partition`'s transactions, under that partition's transactional id.
@@ -125,23 +124,6 @@ pub fn transactional_id(group_id: &str, partition: i32) -> String {
     format!("{group_id}-join-{partition}")
 }
 
-/// The reader's context: the end of a partition is how a restore ends, not an error, but
-/// librdkafka also reports it as a client-wide error, which the default context logs as one.
-pub(crate) struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
-        {
-            debug!(reason, "reader reached the end of a partition");
-        } else {
-            warn!(error = %error, reason, "librdkafka error in the joiner's reader");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
 
 #[cfg(test)]
 mod tests {

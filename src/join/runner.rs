@@ -20,7 +20,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::changelog::{self, Positions};
-use super::clients::{ReaderContext, Settings};
+use super::clients::Settings;
+use crate::kafka::ReaderContext;
 use super::error::JoinError;
 use super::render::{Input, Tally};
 use super::txn::{self, Progress, TXN_TIMEOUT};

@@ -15,7 +15,8 @@ use tracing::debug;
 
 use super::answer;
 use super::changelog::{self, Positions};
-use super::clients::{ReaderContext, Settings};
+use super::clients::Settings;
+use crate::kafka::ReaderContext;
 use super::render::{self, Input, Output, Tally};
 use super::state::{Effect, JoinState, ReceivedAnswer, ReviewOutcome, ReviewRef};
 use crate::kafka::cloudevent_headers;

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 // The review-record builder the Kafka suites use.
 #[path = "../kafka_support/mod.rs"]
-mod kafka_support;
+pub mod kafka_support;
 
 pub const PARTITIONS: i32 = 3;
 

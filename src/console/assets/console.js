@@ -1,0 +1,117 @@
+// reviewloop console: keyboard shortcuts, a guard against double submits, a JSON check before
+// sending, and the lease countdown. Every page also works without this file.
+(function () {
+  "use strict";
+
+  var answer = document.getElementById("answer-form");
+  var skip = document.getElementById("skip-form");
+
+  function isTyping(element) {
+    if (!element) return false;
+    if (element.tagName === "TEXTAREA" || element.isContentEditable) return true;
+    return element.tagName === "INPUT" &&
+      ["radio", "checkbox", "hidden", "submit", "button"].indexOf(element.type) < 0;
+  }
+
+  function send(form) {
+    if (!form) return;
+    if (form.requestSubmit) form.requestSubmit(); else form.submit();
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.isComposing || event.defaultPrevented) return;
+    var target = event.target;
+    if (isTyping(target)) {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && answer) {
+        event.preventDefault();
+        send(answer);
+      } else if (event.key === "Escape") {
+        target.blur();
+      }
+      return;
+    }
+    if (event.ctrlKey || event.metaKey) return;
+    // A focused button or link does what Enter does to it.
+    if (event.key === "Enter" && (target.tagName === "BUTTON" || target.tagName === "A")) return;
+    if (answer) {
+      if (/^[1-9]$/.test(event.key)) {
+        var radio = answer.querySelector('input[type="radio"][data-key="' + event.key + '"]');
+        if (radio) {
+          event.preventDefault();
+          radio.checked = true;
+          radio.focus();
+        }
+      } else if (event.key === "Enter") {
+        event.preventDefault();
+        send(answer);
+      } else if (event.key === "s" || event.key === "S") {
+        event.preventDefault();
+        send(skip);
+      }
+    } else if (event.key === "Enter") {
+      var next = document.getElementById("start") || document.getElementById("next");
+      if (next) {
+        event.preventDefault();
+        next.click();
+      }
+    }
+  });
+
+  // One submission per page: a double click or a held Enter sends once (the server also
+  // refuses a second answer, this spares the round trip).
+  Array.prototype.forEach.call(document.querySelectorAll("form"), function (form) {
+    form.addEventListener("submit", function (event) {
+      if (form.getAttribute("data-sent")) {
+        event.preventDefault();
+        return;
+      }
+      var json = form.querySelector("textarea[data-json]");
+      if (json) {
+        var error = form.querySelector(".json-error");
+        try {
+          JSON.parse(json.value);
+          if (error) error.hidden = true;
+        } catch (problem) {
+          event.preventDefault();
+          if (error) {
+            error.textContent = "This is not valid JSON: " + problem.message;
+            error.hidden = false;
+          }
+          json.focus();
+          return;
+        }
+      }
+      form.setAttribute("data-sent", "1");
+      document.body.classList.add("sending");
+    });
+  });
+
+  // Coming back with the browser's Back button shows a live page again.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-sent]"), function (form) {
+      form.removeAttribute("data-sent");
+    });
+    document.body.classList.remove("sending");
+  });
+
+  var lease = document.querySelector("[data-expires]");
+  if (lease) {
+    var expires = Number(lease.getAttribute("data-expires"));
+    var tick = function () {
+      var left = Math.round((expires - Date.now()) / 1000);
+      if (left <= 0) {
+        lease.textContent = "Your time for this item ran out: it may have gone to someone else.";
+        lease.classList.add("expired");
+        return;
+      }
+      var minutes = Math.floor(left / 60);
+      var seconds = left % 60;
+      lease.textContent = (minutes >= 60
+        ? Math.floor(minutes / 60) + " h " + (minutes % 60) + " min"
+        : minutes + ":" + (seconds < 10 ? "0" : "") + seconds) + " left for this item";
+      window.setTimeout(tick, 1000);
+    };
+    tick();
+  }
+})();

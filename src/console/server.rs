@@ -1,0 +1,376 @@
+//! The console's web server: the routes, an identity and a CSRF check before anything is
+//! shown or changed, and security headers (a strict Content-Security-Policy) on every answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use maud::Markup;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::auth::{Auth, CSRF_FIELD, NoIdentity, SignInError};
+use super::config::{AuthMode, ConsoleConfig};
+use super::feed::{Publisher, Shared};
+use super::metrics::{ConsoleMetrics, Refused};
+use super::pages::{self, Flash, Viewer};
+use super::task::{after_action, next_task, submit};
+use super::templates::Form;
+use crate::upstream::{Body, full_body};
+
+/// Every page's policy: scripts and styles from the console only, nothing inline, no frames.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; \
+     base-uri 'none'";
+
+/// A form (an answer included) is at most this large.
+const MAX_FORM_BYTES: usize = 1024 * 1024;
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// What every request needs.
+pub struct State {
+    pub config: ConsoleConfig,
+    pub auth: Auth,
+    pub shared: Arc<Shared>,
+    pub publisher: Publisher,
+    pub metrics: Arc<ConsoleMetrics>,
+}
+
+/// Serves the console until `shutdown`, then lets open requests finish within `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    info!(address = %listener.local_addr()?, auth = state.auth.mode().as_str(), "console listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "console accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!(%peer, error = %e, "console connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("console requests still open when the shutdown grace ran out");
+    }
+    Ok(())
+}
+
+async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let mut response = route(state, &parts, body).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn route(state: &State, parts: &Parts, body: Incoming) -> Response<Body> {
+    let path = parts.uri.path();
+    // HEAD only where it has no effect: showing a task leases it.
+    let head = parts.method == Method::HEAD;
+    let get = parts.method == Method::GET;
+    let post = parts.method == Method::POST;
+    match path {
+        "/static/console.css" if get || head => return asset(CSS, "text/css; charset=utf-8"),
+        "/static/console.js" if get || head => {
+            return asset(JS, "text/javascript; charset=utf-8");
+        }
+        // For load balancers: ready once the queue is rebuilt (says nothing about the queue).
+        "/healthz" if get || head => return plain(StatusCode::OK, "ok\n"),
+        "/readyz" if (get || head) && state.shared.is_caught_up() => {
+            return plain(StatusCode::OK, "ready\n");
+        }
+        "/readyz" if get || head => return plain(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
+        _ => {}
+    }
+    if !get && !post {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n");
+    }
+    if post && is_cross_site(parts) {
+        state.metrics.refused(Refused::CrossSite);
+        return plain(StatusCode::FORBIDDEN, "cross-site form posts are refused\n");
+    }
+    let form = if post {
+        match read_form(body).await {
+            Ok(form) => Some(form),
+            Err(response) => return response,
+        }
+    } else {
+        None
+    };
+    if path == "/signin" {
+        return match form {
+            Some(form) => sign_in(state, parts, &form),
+            None => sign_in_page(state, parts, None, "", StatusCode::OK),
+        };
+    }
+    let reviewer = match state.auth.identify(&parts.headers) {
+        Ok(reviewer) => reviewer,
+        Err(NoIdentity::MissingHeader) => {
+            state.metrics.refused(Refused::NoIdentity);
+            let page = pages::no_identity(state.auth.identity_header());
+            return html(StatusCode::UNAUTHORIZED, page);
+        }
+        Err(NoIdentity::SignInNeeded) if get => return redirect("/signin"),
+        Err(NoIdentity::SignInNeeded) => {
+            state.metrics.refused(Refused::NoIdentity);
+            let page = pages::message(
+                None,
+                "Signed out",
+                "Your session has ended, so this was not saved. Sign in and try again.",
+                ("/signin", "Sign in"),
+            );
+            return html(StatusCode::FORBIDDEN, page);
+        }
+    };
+    let viewer = Viewer {
+        reviewer: &reviewer,
+        auth: state.auth.mode(),
+    };
+    if let Some(form) = &form
+        && !Auth::csrf_matches(&reviewer.csrf, form.get(CSRF_FIELD))
+    {
+        state.metrics.refused(Refused::Csrf);
+        let page = pages::message(
+            Some(viewer),
+            "Form refused",
+            "This form was not sent from a page of this console (or the page is out of date). \
+             Nothing was saved.",
+            ("/task", "Reload the task"),
+        );
+        return html(StatusCode::FORBIDDEN, page);
+    }
+    if path == "/signout" && post {
+        let mut response = redirect("/signin");
+        set_cookie(&mut response, &state.auth.sign_out(&parts.headers));
+        return response;
+    }
+    if !state.shared.is_caught_up() {
+        let mut response = html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::loading(state.shared.records_read()),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let query = Form::parse(parts.uri.query().unwrap_or_default().as_bytes());
+    match (path, form) {
+        ("/", None) => {
+            let now = SystemTime::now();
+            let stats = lock(state).stats(&reviewer.name, now);
+            html(StatusCode::OK, pages::queue(viewer, &stats, now))
+        }
+        ("/task", None) => {
+            let flash = if query.get("saved").is_some() {
+                Some(Flash::Saved)
+            } else if query.get("skipped").is_some() {
+                Some(Flash::Skipped)
+            } else {
+                None
+            };
+            next_task(state, viewer, query.get("route"), flash)
+        }
+        ("/answer", Some(form)) => submit(state, viewer, &form).await,
+        ("/skip", Some(form)) => {
+            if let Some(id) = form.get("id") {
+                lock(state).skip(id, &reviewer.name);
+            }
+            redirect(&after_action(form.get("route"), "skipped"))
+        }
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn sign_in(state: &State, parts: &Parts, form: &Form) -> Response<Body> {
+    if state.auth.mode() == AuthMode::Header {
+        return redirect("/");
+    }
+    let expected = state.auth.sign_in_expected(&parts.headers);
+    if !expected.is_some_and(|expected| Auth::csrf_matches(expected, form.get(CSRF_FIELD))) {
+        state.metrics.refused(Refused::Csrf);
+        let error = "The sign-in form was out of date. Please sign in again.";
+        return sign_in_page(state, parts, Some(error), "", StatusCode::FORBIDDEN);
+    }
+    let name = form.get("name").unwrap_or_default();
+    match state
+        .auth
+        .sign_in(name, form.get("token").unwrap_or_default())
+    {
+        Ok(cookie) => {
+            info!(reviewer = %name.trim(), "reviewer signed in");
+            let mut response = redirect("/");
+            set_cookie(&mut response, &cookie);
+            response
+        }
+        Err(error) => {
+            state.metrics.refused(Refused::SignIn);
+            let message = match error {
+                SignInError::BadName => "A name is 1 to 128 visible characters, without spaces.",
+                SignInError::BadCredentials => "That name and token do not match.",
+            };
+            sign_in_page(state, parts, Some(message), name, StatusCode::UNAUTHORIZED)
+        }
+    }
+}
+
+fn sign_in_page(
+    state: &State,
+    parts: &Parts,
+    error: Option<&str>,
+    name: &str,
+    status: StatusCode,
+) -> Response<Body> {
+    if state.auth.mode() == AuthMode::Header || state.auth.identify(&parts.headers).is_ok() {
+        return redirect("/");
+    }
+    let (token, cookie) = state.auth.sign_in_token();
+    let mut response = html(
+        status,
+        pages::sign_in(state.auth.mode(), &token, error, name),
+    );
+    set_cookie(&mut response, &cookie);
+    response
+}
+
+/// A POST another site made the browser send (`Sec-Fetch-Site`, sent by every current
+/// browser); same-origin and user-initiated ("none") requests pass. SameSite cookies and the
+/// CSRF token stand behind this.
+fn is_cross_site(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none")
+}
+
+async fn read_form(body: Incoming) -> Result<Form, Response<Body>> {
+    match Limited::new(body, MAX_FORM_BYTES).collect().await {
+        Ok(collected) => Ok(Form::parse(&collected.to_bytes())),
+        Err(_) => Err(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the form is larger than 1 MiB, or was cut off\n",
+        )),
+    }
+}
+
+pub(super) fn lock(state: &State) -> std::sync::MutexGuard<'_, super::queue::Queue<Bytes>> {
+    state.shared.queue.lock().expect("queue lock")
+}
+
+pub(super) fn html(status: StatusCode, page: Markup) -> Response<Body> {
+    let mut response = Response::new(full_body(page.into_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full_body(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(full_body(text));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// 303: after a POST the browser GETs the next page (a reload never re-submits).
+pub(super) fn redirect(location: &str) -> Response<Body> {
+    let mut response = Response::new(full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn set_cookie(response: &mut Response<Body>, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cross_site_posts_are_refused() {
+        let parts = |site: Option<&str>| {
+            let mut request = Request::post("/answer");
+            if let Some(site) = site {
+                request = request.header("sec-fetch-site", site);
+            }
+            request.body(()).unwrap().into_parts().0
+        };
+        assert!(!is_cross_site(&parts(None)));
+        assert!(!is_cross_site(&parts(Some("same-origin"))));
+        assert!(!is_cross_site(&parts(Some("none"))));
+        assert!(is_cross_site(&parts(Some("cross-site"))));
+        assert!(is_cross_site(&parts(Some("same-site"))));
+    }
+}

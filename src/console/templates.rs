@@ -1,0 +1,249 @@
+//! Task templates: one renderer per kind of task — how the reviewer sees the input and the
+//! model's answer, the answer controls, and how a submitted form becomes the answer. A new kind
+//! (images with boxes, documents, audio…) is one more [`Template`] returned by [`template`].
+//!
+//! Everything is rendered with maud, which escapes every interpolated string: model output and
+//! request bodies are attacker-controlled and never reach the page as markup.
+
+mod classify;
+mod json;
+mod text;
+
+use maud::{Markup, html};
+use serde_json::Value;
+
+use super::config::{RouteView, TemplateKind};
+use super::prediction::{self, Choice};
+use crate::record::{Encoding, Payload, ReviewRecord};
+
+/// A submitted form's fields, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Form {
+        Form(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// One item as a template sees it.
+pub struct Task<'a> {
+    pub record: &'a ReviewRecord,
+    pub route: RouteView<'a>,
+    /// The labels a classify task offers (configured, else the model's).
+    pub choices: Vec<Choice>,
+}
+
+impl<'a> Task<'a> {
+    pub fn new(record: &'a ReviewRecord, route: RouteView<'a>) -> Task<'a> {
+        let choices = prediction::choices(&record.response.payload, route.labels);
+        Task {
+            record,
+            route,
+            choices,
+        }
+    }
+
+    /// The template kind this item is shown with (`auto` resolved by what the model answered).
+    pub fn kind(&self) -> TemplateKind {
+        match self.route.template {
+            TemplateKind::Auto if !self.choices.is_empty() => TemplateKind::Classify,
+            TemplateKind::Auto if prediction::text(&self.record.response.payload).is_some() => {
+                TemplateKind::Text
+            }
+            TemplateKind::Auto => TemplateKind::Json,
+            kind => kind,
+        }
+    }
+}
+
+/// A kind of task.
+pub trait Template: Sync {
+    /// The request as the reviewer reads it.
+    fn input(&self, task: &Task<'_>) -> Markup {
+        payload_view(&task.record.request, "Request")
+    }
+
+    /// What the model answered, in the reviewer's terms.
+    fn model_answer(&self, task: &Task<'_>) -> Markup;
+
+    /// The answer controls inside the form; `draft` is a refused submission to show again.
+    fn controls(&self, task: &Task<'_>, draft: Option<&Form>) -> Markup;
+
+    /// The answer a submitted form carries, or what the reviewer must fix.
+    fn answer(&self, task: &Task<'_>, form: &Form) -> Result<Value, String>;
+
+    /// The keyboard hints shown under the controls.
+    fn keys(&self) -> &'static [(&'static str, &'static str)];
+}
+
+/// The renderer of a (resolved) template kind.
+pub fn template(kind: TemplateKind) -> &'static dyn Template {
+    match kind {
+        TemplateKind::Classify | TemplateKind::Auto => &classify::Classify,
+        TemplateKind::Text => &text::Text,
+        TemplateKind::Json => &json::Json,
+    }
+}
+
+/// At most this many text fields of a JSON input are shown as text.
+const MAX_TEXT_FIELDS: usize = 12;
+
+/// A body as a reviewer reads it: its text fields as text, the JSON pretty-printed below, a
+/// text body as text, a binary body described.
+pub fn payload_view(payload: &Payload, what: &str) -> Markup {
+    match payload.encoding {
+        Encoding::Json => {
+            let mut fields = Vec::new();
+            text_fields(&payload.body, String::new(), &mut fields);
+            let pretty = serde_json::to_string_pretty(&payload.body).unwrap_or_default();
+            html! {
+                @for (path, text) in fields.iter().take(MAX_TEXT_FIELDS) {
+                    figure.text-field {
+                        @if !path.is_empty() { figcaption { (path) } }
+                        div.text { (text) }
+                    }
+                }
+                details.raw open[fields.is_empty()] {
+                    summary { (what) " JSON" }
+                    pre.json { code { (pretty) } }
+                }
+            }
+        }
+        Encoding::Utf8 => html! {
+            div.text { (payload.body.as_str().unwrap_or_default()) }
+        },
+        Encoding::Base64 => {
+            let length = payload.to_bytes().map_or(0, |b| b.len());
+            html! {
+                p.binary {
+                    "Binary body, " (length) " bytes"
+                    @if let Some(content_type) = &payload.content_type { " (" (content_type) ")" }
+                    ": this template cannot show it."
+                }
+            }
+        }
+    }
+}
+
+/// String leaves of a JSON value with their paths (`inputs`, `messages[1].content`).
+fn text_fields(value: &Value, path: String, out: &mut Vec<(String, String)>) {
+    if out.len() >= MAX_TEXT_FIELDS {
+        return;
+    }
+    match value {
+        Value::String(text) if !text.trim().is_empty() => out.push((path, text.clone())),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                text_fields(item, format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(object) => {
+            for (key, item) in object {
+                let inner = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                text_fields(item, inner, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Reason, ResponsePayload};
+
+    pub(super) fn record(request: &str, response: &str) -> ReviewRecord {
+        ReviewRecord {
+            id: "r-1".into(),
+            time: "2026-01-01T00:00:00.000Z".into(),
+            route: "/invocations".into(),
+            request: Payload::from_bytes(Some("application/json"), request.as_bytes()),
+            response: ResponsePayload {
+                status: 200,
+                payload: Payload::from_bytes(Some("application/json"), response.as_bytes()),
+            },
+            confidence: Some(0.4),
+            reasons: vec![Reason::LowConfidence],
+            sample_percent: 1.0,
+            conditions: vec![],
+            model: Default::default(),
+            truncated: false,
+        }
+    }
+
+    pub(super) fn route(template: TemplateKind, labels: &[String]) -> RouteView<'_> {
+        RouteView {
+            template,
+            instructions: "",
+            labels,
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_template_from_the_models_answer() {
+        let hf = record(r#"{"inputs":"x"}"#, r#"[{"label":"a","score":0.5}]"#);
+        assert_eq!(
+            Task::new(&hf, route(TemplateKind::Auto, &[])).kind(),
+            TemplateKind::Classify
+        );
+        let chat = record(
+            r#"{"inputs":"x"}"#,
+            r#"{"choices":[{"message":{"content":"hi"}}]}"#,
+        );
+        assert_eq!(
+            Task::new(&chat, route(TemplateKind::Auto, &[])).kind(),
+            TemplateKind::Text
+        );
+        let other = record(r#"{"inputs":"x"}"#, r#"{"boxes":[[1,2,3,4]]}"#);
+        assert_eq!(
+            Task::new(&other, route(TemplateKind::Auto, &[])).kind(),
+            TemplateKind::Json
+        );
+        let labels = ["yes".to_owned()];
+        assert_eq!(
+            Task::new(&other, route(TemplateKind::Auto, &labels)).kind(),
+            TemplateKind::Classify
+        );
+    }
+
+    #[test]
+    fn inputs_show_text_fields_as_text_and_escape_everything() {
+        let payload = Payload::from_bytes(
+            Some("application/json"),
+            br#"{"inputs":"<script>alert(1)</script>","options":{"note":"<a href=\"javascript:x\">x</a>"},"n":3}"#,
+        );
+        let html = payload_view(&payload, "Request").into_string();
+        assert!(html.contains("<figcaption>inputs</figcaption>"), "{html}");
+        assert!(
+            html.contains("<figcaption>options.note</figcaption>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<script>") && !html.contains("<a "),
+            "{html}"
+        );
+        let binary = Payload::from_bytes(Some("image/png"), &[0x89, 0xff, 0x00]);
+        assert!(
+            payload_view(&binary, "Request")
+                .into_string()
+                .contains("3 bytes")
+        );
+    }
+}
