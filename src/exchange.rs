@@ -33,6 +33,8 @@ pub struct Exchange {
     pub status: u16,
     pub response: Captured,
     pub force: Option<Force>,
+    /// The request's W3C `traceparent`, when well formed.
+    pub traceparent: Option<String>,
     pub model: ModelInfo,
 }
 

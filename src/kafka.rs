@@ -132,6 +132,17 @@ pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
         })
 }
 
+/// Adds the CloudEvents distributed-tracing extension (`ce_traceparent`) when there is one.
+pub fn with_traceparent(headers: OwnedHeaders, traceparent: Option<&str>) -> OwnedHeaders {
+    match traceparent {
+        Some(value) => headers.insert(Header {
+            key: "ce_traceparent",
+            value: Some(value),
+        }),
+        None => headers,
+    }
+}
+
 /// An in-process broker (librdkafka's mock cluster) for trying reviewloop without Kafka.
 ///
 /// The mock cluster is not `Send`, so it lives on a thread of its own until this handle drops.

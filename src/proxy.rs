@@ -37,7 +37,7 @@ pub use self::config::ServerConfig;
 pub use self::decode::{DecodeError, decode};
 use self::headers::{
     X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
-    X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text,
+    X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text, traceparent,
 };
 use self::tap::{Copy, TapBody};
 use crate::decision::Force;
@@ -135,6 +135,7 @@ struct Pending {
     response_content_type: Option<String>,
     response_content_encoding: Option<String>,
     force: Option<Force>,
+    traceparent: Option<String>,
     model: ModelInfo,
     cap: usize,
 }
@@ -197,6 +198,7 @@ impl Pending {
                 truncated: false,
             },
             force: self.force,
+            traceparent: self.traceparent,
             model: self.model,
         })
     }
@@ -265,6 +267,7 @@ impl Proxy {
             .headers
             .remove(route.policy().force_header())
             .and_then(|v| Force::parse(v.as_bytes()));
+        let traceparent = traceparent(&parts.headers);
         remove_hop_by_hop(&mut parts.headers);
         if !parts.headers.contains_key(X_REQUEST_ID) {
             parts.headers.insert(X_REQUEST_ID, id_value(&id));
@@ -326,6 +329,7 @@ impl Proxy {
             response_content_type: text(&parts.headers, CONTENT_TYPE),
             response_content_encoding: text(&parts.headers, CONTENT_ENCODING),
             force,
+            traceparent,
             model: ModelInfo {
                 target_model,
                 variant: text(&parts.headers, X_INVOKED_VARIANT),

@@ -137,6 +137,9 @@ pub struct ReviewRecord {
     #[serde(default, skip_serializing_if = "ModelInfo::is_empty")]
     pub model: ModelInfo,
     pub truncated: bool,
+    /// The request's W3C `traceparent` (also the `ce_traceparent` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl ReviewRecord {
@@ -246,6 +249,9 @@ pub struct RetrainingRecord {
     pub reviewed_at: String,
     #[serde(default, skip_serializing_if = "ModelInfo::is_empty")]
     pub model: ModelInfo,
+    /// The `traceparent` of the request the example came from (also `ce_traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Why a record went to the dead-letter topic.
@@ -349,6 +355,7 @@ mod tests {
             conditions: vec![],
             model: ModelInfo::default(),
             truncated: false,
+            traceparent: None,
         }
     }
 

@@ -81,6 +81,7 @@ pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
         conditions: decision.conditions.clone(),
         model: exchange.model.clone(),
         truncated: exchange.request.truncated || exchange.response.truncated,
+        traceparent: exchange.traceparent.clone(),
     }
 }
 

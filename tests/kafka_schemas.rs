@@ -207,6 +207,7 @@ fn retraining_records_as_the_joiner_writes_them_are_valid() {
         answers: vec![answer],
         reviewed_at: rfc3339_millis(SystemTime::now()),
         model: review.model,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     };
     let value = serde_json::to_value(&record).unwrap();
     assert_valid("retraining", &value);
@@ -216,6 +217,9 @@ fn retraining_records_as_the_joiner_writes_them_are_valid() {
     let mut agreement = value.clone();
     agreement["agreement"] = json!(1.2);
     assert_invalid("retraining", &agreement, "agreement above 1");
+    let mut bad_trace = value.clone();
+    bad_trace["traceparent"] = json!("<script>");
+    assert_invalid("retraining", &bad_trace, "a traceparent that is not one");
     let mut no_label = value;
     no_label.as_object_mut().unwrap().remove("label");
     assert_invalid("retraining", &no_label, "no label");

@@ -26,6 +26,11 @@ async fn echo_upstream() -> std::net::SocketAddr {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let hop_seen = request.headers().contains_key("x-client-hop");
+        let traceparent = request
+            .headers()
+            .get("traceparent")
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("none"));
         let content_type = request
             .headers()
             .get("content-type")
@@ -38,6 +43,7 @@ async fn echo_upstream() -> std::net::SocketAddr {
             .header("x-echo-uri", uri)
             .header("x-echo-request-id", request_id)
             .header("x-echo-client-hop-seen", hop_seen.to_string())
+            .header("x-echo-traceparent", traceparent)
             .header("x-model-version", "7")
             .header("connection", "x-upstream-hop")
             .header("x-upstream-hop", "1")
@@ -119,6 +125,18 @@ async fn methods_paths_queries_and_client_ids_pass_through() {
         );
         assert_eq!(parts.headers["x-reviewloop-id"], "client-chose-this");
         assert_eq!(parts.headers["x-echo-request-id"], "client-chose-this");
+    }
+    // Trace context is the client's: forwarded unchanged, well formed or not.
+    for traceparent in [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "not-a-trace",
+    ] {
+        let request = Request::post(proxy.url("/invocations"))
+            .header("traceparent", traceparent)
+            .body(full_body("x"))
+            .unwrap();
+        let (parts, _) = send(request).await;
+        assert_eq!(parts.headers["x-echo-traceparent"], traceparent);
     }
     let request = Request::post(proxy.url("/invocations"))
         .header("x-amzn-sagemaker-inference-id", "sm-1")

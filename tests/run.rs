@@ -1,5 +1,6 @@
 //! `reviewloop run` as a user starts it: proxy and joiner in one process on the embedded broker;
-//! a reviewer's answer turns a diverted inference into a retraining record.
+//! a reviewer's answer turns a diverted inference into a retraining record, which carries the
+//! request's trace context.
 
 mod common;
 mod kafka_support;
@@ -45,17 +46,30 @@ async fn a_reviewed_inference_becomes_one_retraining_record() {
     }
     let (proxy, bootstrap) = (proxy.unwrap(), bootstrap.unwrap());
 
-    let (parts, _) = send(post(
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = post(
         &format!("http://{proxy}/invocations"),
         "application/json",
         r#"{"score":0.3}"#,
-    ))
-    .await;
+    );
+    request
+        .headers_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let (parts, _) = send(request).await;
     assert_eq!(parts.headers["x-reviewloop-review"], "low_confidence");
     let id = parts.headers["x-reviewloop-id"]
         .to_str()
         .unwrap()
         .to_owned();
+
+    let reviews =
+        kafka_support::consume(&bootstrap, "reviewloop.review", 1, Duration::from_secs(60));
+    let review: serde_json::Value = serde_json::from_slice(reviews[0].payload().unwrap()).unwrap();
+    assert_eq!(review["traceparent"], traceparent);
+    assert_eq!(
+        kafka_support::header(&reviews[0], "ce_traceparent"),
+        Some(traceparent)
+    );
 
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -88,6 +102,14 @@ async fn a_reviewed_inference_becomes_one_retraining_record() {
     assert_eq!(value["label"], serde_json::json!({"label": "dog"}));
     assert_eq!(value["agreement"], 1.0);
     assert_eq!(value["confidence"], 0.3);
+    assert_eq!(
+        value["traceparent"], traceparent,
+        "the example traces to its request"
+    );
+    assert_eq!(
+        kafka_support::header(&records[0], "ce_traceparent"),
+        Some(traceparent)
+    );
     let errors = kafka_support::schema_errors(&kafka_support::schema("retraining"), &value);
     assert!(errors.is_empty(), "{errors:?}");
 

@@ -41,6 +41,8 @@ pub(crate) struct CloudEvent {
     pub ce_type: &'static str,
     pub subject: String,
     pub time: String,
+    /// The originating request's W3C trace context (`ce_traceparent`).
+    pub traceparent: Option<String>,
 }
 
 /// A record to write in a task's transaction.
@@ -129,6 +131,7 @@ pub(crate) fn effect(
                     ce_type: CE_RETRAINING_EXAMPLE,
                     subject: retraining.id.clone(),
                     time: retraining.reviewed_at.clone(),
+                    traceparent: retraining.traceparent.clone(),
                 }),
                 key: Some(id),
                 payload: Some(serde_json::to_vec(&retraining).expect("records serialize")),
@@ -214,6 +217,7 @@ fn dead_letter(
             ce_type: CE_DEAD_LETTER,
             subject: key.clone().unwrap_or_default(),
             time: rfc3339_millis(now),
+            traceparent: None,
         }),
         key,
         payload: Some(serde_json::to_vec(&letter).expect("dead letters serialize")),
@@ -298,6 +302,7 @@ fn retraining_record(
         answers: answers.iter().map(|a| a.answer.clone()).collect(),
         reviewed_at,
         model: review.model,
+        traceparent: review.traceparent,
     }
 }
 
@@ -340,6 +345,7 @@ pub(crate) mod tests {
             conditions: Vec::new(),
             model: Default::default(),
             truncated: false,
+            traceparent: None,
         }
     }
 

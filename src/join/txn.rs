@@ -19,7 +19,7 @@ use super::clients::Settings;
 use crate::kafka::ReaderContext;
 use super::render::{self, Input, Output, Tally};
 use super::state::{Effect, JoinState, ReceivedAnswer, ReviewOutcome, ReviewRef};
-use crate::kafka::cloudevent_headers;
+use crate::kafka::{cloudevent_headers, with_traceparent};
 use crate::metrics::AnswerResult;
 
 /// Bound on each transactional call.
@@ -364,10 +364,9 @@ fn send(producer: &BaseProducer, output: &Output) -> Result<(), KafkaError> {
         record = record.payload(payload.as_slice());
     }
     if let Some(event) = &output.event {
-        record = record.headers(cloudevent_headers(
-            event.ce_type,
-            &event.subject,
-            &event.time,
+        record = record.headers(with_traceparent(
+            cloudevent_headers(event.ce_type, &event.subject, &event.time),
+            event.traceparent.as_deref(),
         ));
     }
     loop {

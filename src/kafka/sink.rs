@@ -66,7 +66,9 @@ use rdkafka::producer::{
 };
 use tokio::sync::oneshot;
 
-use super::{CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers};
+use super::{
+    CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers, with_traceparent,
+};
 use super::{Delivery, KafkaConfig};
 use crate::metrics::{DeliveryOutcome, Metrics, SkipReason};
 use crate::record::ReviewRecord;
@@ -317,7 +319,10 @@ impl ReviewSink {
             );
             value = serde_json::to_vec(&fitted).expect("a review record serializes to JSON");
         }
-        let headers = cloudevent_headers(CE_REVIEW_REQUESTED, &record.id, &record.time);
+        let headers = with_traceparent(
+            cloudevent_headers(CE_REVIEW_REQUESTED, &record.id, &record.time),
+            record.traceparent.as_deref(),
+        );
         let message = BaseRecord::with_opaque_to(&context.topic, Box::new(Pending { ack }))
             .key(record.id.as_str())
             .payload(value.as_slice())

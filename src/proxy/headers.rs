@@ -12,6 +12,8 @@ pub const X_INVOKED_VARIANT: HeaderName =
     HeaderName::from_static("x-amzn-invoked-production-variant");
 pub const X_REVIEWLOOP_ID: HeaderName = HeaderName::from_static("x-reviewloop-id");
 pub const X_REVIEWLOOP_REVIEW: HeaderName = HeaderName::from_static("x-reviewloop-review");
+/// W3C Trace Context: forwarded unchanged, and carried into the records.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Longest client-chosen id kept as the record id; a longer or odd one is replaced.
 const MAX_ID_LEN: usize = 256;
@@ -56,6 +58,36 @@ pub fn record_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
+/// The request's W3C `traceparent` when it is well formed (version `00`: `00-` 32 hex trace
+/// id `-` 16 hex parent id `-` 2 hex flags, ids not all zero; a later version's longer value
+/// keeps its first 55 characters' shape), lower-cased as the spec requires. The header is the
+/// client's: anything else is not carried into a record (it is still forwarded).
+pub fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    let bytes = value.as_bytes();
+    let hex = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_hexdigit);
+    let zeros = |range: std::ops::Range<usize>| bytes[range].iter().all(|&b| b == b'0');
+    let shaped = bytes.len() >= 55
+        && hex(0..2)
+        && bytes[2] == b'-'
+        && hex(3..35)
+        && bytes[35] == b'-'
+        && hex(36..52)
+        && bytes[52] == b'-'
+        && hex(53..55);
+    if !shaped || zeros(3..35) || zeros(36..52) {
+        return None;
+    }
+    let version_ok = match &value[..2] {
+        "00" => bytes.len() == 55,
+        "ff" | "FF" => false,
+        // A future version may append fields after a dash (W3C Trace Context §3.2.4).
+        _ => bytes.len() == 55 || bytes[55] == b'-',
+    };
+    version_ok
+        .then(|| value[..55].to_ascii_lowercase())
+}
+
 fn is_usable_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -76,6 +108,42 @@ pub fn id_value(id: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn traceparent_of(value: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_str(value).unwrap());
+        traceparent(&h)
+    }
+
+    #[test]
+    fn well_formed_traceparents_are_carried_and_others_are_not() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent_of(good).as_deref(), Some(good));
+        assert_eq!(
+            traceparent_of(&good.to_ascii_uppercase()).as_deref(),
+            Some(good),
+            "lower-cased"
+        );
+        // A later version may append fields: its first 55 characters are kept.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert_eq!(
+            traceparent_of(future).as_deref(),
+            Some(&future[..55].to_owned()[..])
+        );
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "<script>alert(1)</script>-00f067aa0ba902b7-01-0000000000",
+        ] {
+            assert_eq!(traceparent_of(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {
