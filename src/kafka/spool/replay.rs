@@ -154,3 +154,101 @@ fn replay_segment<S: Resend>(sink: &S, entries: Vec<Entry>) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use super::super::{Spool, SpoolSettings};
+    use super::*;
+
+    /// A producer that delivers at once, but refuses the first record with a full queue.
+    struct FakeProducer {
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        allowed: AtomicBool,
+        refused_once: AtomicBool,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl Resend for FakeProducer {
+        fn spool(&self) -> &Spool {
+            &self.spool
+        }
+        fn metrics(&self) -> &Metrics {
+            &self.metrics
+        }
+        fn replay_allowed(&self) -> bool {
+            self.allowed.load(Ordering::Relaxed)
+        }
+        fn resend(&self, entry: Entry, batch: &Arc<Batch>) -> Resent {
+            if !self.refused_once.swap(true, Ordering::Relaxed) {
+                return Resent::QueueFull(entry);
+            }
+            self.sent.lock().unwrap().push(entry.id);
+            batch.done();
+            Resent::Sent
+        }
+    }
+
+    fn sink(dir: &std::path::Path, allowed: bool) -> Arc<FakeProducer> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = SpoolSettings {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            fsync_interval: Duration::from_millis(10),
+            segment_bytes: 300,
+        };
+        let sink = Arc::new(FakeProducer {
+            spool: Spool::open(settings, metrics.clone()).unwrap(),
+            metrics,
+            allowed: AtomicBool::new(allowed),
+            refused_once: AtomicBool::new(false),
+            sent: Mutex::new(Vec::new()),
+        });
+        for i in 0..30 {
+            assert!(sink.spool.append(Entry {
+                id: format!("r-{i:02}"),
+                time: "t".into(),
+                ce_id: "c".into(),
+                value: vec![b'x'; 40],
+            }));
+        }
+        sink.spool.sync();
+        sink
+    }
+
+    fn wait(deadline: Duration, done: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end && !done() {
+            thread::sleep(Duration::from_millis(10));
+        }
+        done()
+    }
+
+    #[test]
+    fn every_segment_is_sent_oldest_first_then_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), true);
+        spawn(Arc::downgrade(&sink));
+        assert!(wait(Duration::from_secs(10), || sink.spool.used_bytes() == 0));
+        let expected: Vec<String> = (0..30).map(|i| format!("r-{i:02}")).collect();
+        assert_eq!(*sink.sent.lock().unwrap(), expected);
+        assert_eq!(sink.metrics.spool_bytes.get(), 0);
+    }
+
+    #[test]
+    fn nothing_is_sent_or_deleted_while_replay_is_not_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), false);
+        let used = sink.spool.used_bytes();
+        spawn(Arc::downgrade(&sink));
+        thread::sleep(IDLE * 2);
+        assert!(sink.sent.lock().unwrap().is_empty());
+        assert_eq!(sink.spool.used_bytes(), used);
+        sink.allowed.store(true, Ordering::Relaxed);
+        assert!(wait(Duration::from_secs(10), || sink.sent.lock().unwrap().len() == 30));
+    }
+}
