@@ -41,7 +41,10 @@
 //! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, or failed after it:
 //! timed out, purged at shutdown, rejected by the broker). Records that reached the producer
 //! and failed also count `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
-//! once the queue is drained; nothing is lost silently.
+//! once the queue is drained; nothing is lost silently. With a spool (below), a record the
+//! broker could not take counts `spool_written_total` (or `spool_full`/`spool_error`) instead of
+//! `queue_full`/`kafka_error`, and its later delivery counts `delivered` and
+//! `spool_replayed_total`.
 //!
 //! # An unreachable broker
 //!
