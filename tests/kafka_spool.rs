@@ -136,6 +136,39 @@ async fn a_spool_with_a_corrupt_last_record_replays_everything_before_it() {
 }
 
 #[tokio::test]
+async fn a_full_producer_queue_hands_records_to_the_spool_and_they_all_arrive() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = KafkaConfig {
+        queue_capacity: 10,
+        ..spool_config(dir.path())
+    };
+    let metrics = new_metrics();
+    let sink = sink_on(&config, &bootstrap, &metrics).await;
+    assert!(wait_until(Duration::from_secs(10), || sink.is_kafka_up()).await);
+    cluster.broker_down(1).unwrap();
+    let n = 100;
+    for i in 0..n {
+        sink.send(&mixed_record("q", i).0);
+    }
+    // The first ten wait in the producer's queue; the rest go to disk at once.
+    assert!(
+        wait_until(Duration::from_secs(5), || metrics.spool_written.get()
+            >= n as u64 - 10)
+        .await
+    );
+    assert_eq!(skipped(&metrics, "queue_full"), 0, "none skipped");
+    cluster.broker_up(1).unwrap();
+    let messages = consume_until(&bootstrap, TOPIC, Duration::from_secs(30), |read| {
+        read.iter().map(key).collect::<BTreeSet<_>>().len() >= n
+    });
+    let ids: BTreeSet<&str> = messages.iter().map(key).collect();
+    assert_eq!(ids.len(), n, "every record arrives");
+    assert_eq!(skipped(&metrics, "kafka_error"), 0);
+}
+
+#[tokio::test]
 async fn a_full_spool_counts_spool_full_and_inference_goes_on() {
     let cluster = cluster();
     let bootstrap = cluster.bootstrap_servers();
