@@ -1,10 +1,11 @@
 //! Kafka plumbing shared by the proxy's review sink and the joiner: client configuration,
 //! the embedded broker (`kafka.brokers = "embedded"`), CloudEvents record headers, listing
 //! and creating topics (the startup check [`ensure_topics`]) and the review sink
-//! ([`ReviewSink`]).
+//! ([`ReviewSink`]) with its disk spool (`spool`).
 
 mod config;
 mod sink;
+mod spool;
 mod topics;
 
 pub use self::config::{Delivery, EMBEDDED_BROKERS, KafkaConfig, is_secret_option};
@@ -101,6 +102,11 @@ impl ConsumerContext for ReaderContext {}
 /// The CloudEvents Kafka binding headers (binary mode) for one record.
 pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
     let ce_id = uuid::Uuid::now_v7().to_string();
+    cloudevent_headers_with_id(&ce_id, ce_type, id, time)
+}
+
+/// [`cloudevent_headers`] with a given `ce_id` (a record sent again is the same event).
+pub fn cloudevent_headers_with_id(ce_id: &str, ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(6)
         .insert(Header {
             key: "ce_specversion",
@@ -108,7 +114,7 @@ pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
         })
         .insert(Header {
             key: "ce_id",
-            value: Some(ce_id.as_str()),
+            value: Some(ce_id),
         })
         .insert(Header {
             key: "ce_type",

@@ -32,7 +32,7 @@
 //!   override (pure apart from the budget's clock, which is passed in).
 //! - `review`: the pipeline behind the hook: decide, count, build and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
-//!   checks, the review sink.
+//!   checks, the review sink and its disk spool.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
 //! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.

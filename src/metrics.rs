@@ -27,15 +27,24 @@ pub enum SkipReason {
     QueueFull,
     /// Kafka refused or failed the record.
     KafkaError,
+    /// The record was to be spooled but the spool was at `kafka.spool_max_bytes`.
+    SpoolFull,
+    /// The record was to be spooled but the disk write failed.
+    SpoolError,
+    /// A spooled record was torn or corrupt when read back (counted once per damaged segment).
+    SpoolCorrupt,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 5] = [
+    pub const ALL: [SkipReason; 8] = [
         SkipReason::OverBudget,
         SkipReason::NoConfidence,
         SkipReason::TooLarge,
         SkipReason::QueueFull,
         SkipReason::KafkaError,
+        SkipReason::SpoolFull,
+        SkipReason::SpoolError,
+        SkipReason::SpoolCorrupt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +54,9 @@ impl SkipReason {
             SkipReason::TooLarge => "too_large",
             SkipReason::QueueFull => "queue_full",
             SkipReason::KafkaError => "kafka_error",
+            SkipReason::SpoolFull => "spool_full",
+            SkipReason::SpoolError => "spool_error",
+            SkipReason::SpoolCorrupt => "spool_corrupt",
         }
     }
 }
@@ -109,7 +121,8 @@ pub struct Metrics {
     pub confidence: HistogramVec,
     /// `route`, `reason` (low_confidence/sampled/forced).
     pub reviews_diverted_total: IntCounterVec,
-    /// `reason` (over_budget/no_confidence/too_large/queue_full/kafka_error).
+    /// `reason` (over_budget/no_confidence/too_large/queue_full/kafka_error/spool_full/
+    /// spool_error/spool_corrupt).
     pub reviews_skipped_total: IntCounterVec,
     /// `topic`, `outcome` (delivered/failed).
     pub kafka_messages_total: IntCounterVec,
@@ -123,6 +136,12 @@ pub struct Metrics {
     pub dead_letters_total: IntCounterVec,
     /// Diverted → retraining record.
     pub review_turnaround_seconds: Histogram,
+    /// Bytes the review sink's disk spool holds.
+    pub spool_bytes: IntGauge,
+    /// Review records written to the spool.
+    pub spool_written: IntCounter,
+    /// Spooled review records delivered to Kafka on replay.
+    pub spool_replayed: IntCounter,
 }
 
 impl Metrics {
@@ -237,8 +256,26 @@ impl Metrics {
             "Retraining records written by the joiner.",
         ))
         .expect("valid metric");
+        let spool_bytes = IntGauge::with_opts(opts(
+            "spool_bytes",
+            "Bytes the review sink's disk spool (kafka.spool_dir) holds.",
+        ))
+        .expect("valid metric");
+        let spool_written = IntCounter::with_opts(opts(
+            "spool_written_total",
+            "Review records written to the disk spool (undeliverable for now).",
+        ))
+        .expect("valid metric");
+        let spool_replayed = IntCounter::with_opts(opts(
+            "spool_replayed_total",
+            "Spooled review records delivered to Kafka on replay.",
+        ))
+        .expect("valid metric");
         for collector in [
-            Box::new(upstream_duration_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(spool_bytes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(spool_written.clone()),
+            Box::new(spool_replayed.clone()),
+            Box::new(upstream_duration_seconds.clone()),
             Box::new(confidence.clone()),
             Box::new(review_turnaround_seconds.clone()),
             Box::new(requests_in_flight.clone()),
@@ -275,6 +312,9 @@ impl Metrics {
             retraining_records_total,
             dead_letters_total,
             review_turnaround_seconds,
+            spool_bytes,
+            spool_written,
+            spool_replayed,
         }
     }
 
@@ -413,6 +453,10 @@ mod tests {
             "reviewloop_retraining_records_total 0",
             "reviewloop_dead_letters_total",
             "reviewloop_review_turnaround_seconds_count 1",
+            "reviewloop_reviews_skipped_total{reason=\"spool_full\"} 0",
+            "reviewloop_spool_bytes 0",
+            "reviewloop_spool_written_total 0",
+            "reviewloop_spool_replayed_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -72,6 +72,10 @@ struct Args {
     /// `--reviewloop-env REVIEWLOOP__KAFKA__OPTIONS__LINGER_MS=50`.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     reviewloop_env: Vec<(String, String)>,
+    /// Also measure reviewloop diverting 10 % with the disk spool on (`kafka.spool_dir`, broker
+    /// healthy), and its ratio to the same without the spool.
+    #[arg(long)]
+    spool: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -104,6 +108,7 @@ const NGINX: &str = "nginx";
 const DIVERT10: &str = "reviewloop_divert_10";
 const INSPECT: &str = "reviewloop_divert_0";
 const DIVERT100: &str = "reviewloop_divert_100";
+const DIVERT10_SPOOL: &str = "reviewloop_divert_10_spool";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -210,11 +215,24 @@ fn run(
         review_topic: None,
     });
     let run_id = std::process::id();
-    for (key, label, below) in [
-        (DIVERT10, "reviewloop, 10 % diverted", "0.7"),
-        (INSPECT, "reviewloop, inspected, 0 % diverted", "0.0"),
-        (DIVERT100, "reviewloop, 100 % diverted", "1.0"),
-    ] {
+    let mut variants = vec![
+        (DIVERT10, "reviewloop, 10 % diverted", "0.7", None),
+        (INSPECT, "reviewloop, inspected, 0 % diverted", "0.0", None),
+        (DIVERT100, "reviewloop, 100 % diverted", "1.0", None),
+    ];
+    if args.spool {
+        let spool = work.join("spool");
+        variants.push((
+            DIVERT10_SPOOL,
+            "reviewloop, 10 % diverted, disk spool on",
+            "0.7",
+            Some((
+                "REVIEWLOOP__KAFKA__SPOOL_DIR".to_owned(),
+                spool.display().to_string(),
+            )),
+        ));
+    }
+    for (key, label, below, extra) in variants {
         let topic = format!("bench.review.{run_id}.{key}");
         let env = [
             (
@@ -228,8 +246,11 @@ fn run(
             ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0.0".into()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
-        let env: Vec<(String, String)> =
-            env.into_iter().chain(args.reviewloop_env.clone()).collect();
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .chain(extra)
+            .chain(args.reviewloop_env.clone())
+            .collect();
         let Reviewloop {
             process,
             data,
@@ -293,6 +314,9 @@ fn run(
     for key in [DIVERT10, INSPECT, DIVERT100] {
         ratios.push(report::ratios(by_key(key), by_key(NGINX)));
         ratios.push(report::ratios(by_key(key), by_key(DIRECT)));
+    }
+    if args.spool {
+        ratios.push(report::ratios(by_key(DIVERT10_SPOOL), by_key(DIVERT10)));
     }
 
     let single = single_connection(&targets, &wrk, plan)?;
@@ -375,7 +399,7 @@ fn anomalies(summaries: &[Summary]) -> Vec<String> {
             problems.push(format!("{}: {} failed requests", s.target, s.errors));
         }
         let expected = match s.target {
-            DIVERT10 => Some(1.0 / upstream::LOW_EVERY as f64),
+            DIVERT10 | DIVERT10_SPOOL => Some(1.0 / upstream::LOW_EVERY as f64),
             INSPECT => Some(0.0),
             DIVERT100 => Some(1.0),
             _ => None,

@@ -191,6 +191,33 @@ fn kafka_queue_capacity_stays_within_librdkafkas_range() {
 }
 
 #[test]
+fn the_kafka_spool_is_off_by_default_and_its_keys_are_checked() {
+    let config = load("").unwrap();
+    assert_eq!(config.kafka.spool_dir, None);
+    let config = load_env(
+        "[kafka]\nspool_dir = \"/var/lib/reviewloop/spool\"\nspool_fsync_interval = \"0s\"\n",
+        &[("REVIEWLOOP__KAFKA__SPOOL_AFTER", "2s")],
+    )
+    .unwrap();
+    assert_eq!(
+        config.kafka.spool_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/reviewloop/spool"))
+    );
+    assert_eq!(config.kafka.spool_fsync_interval, Duration::ZERO);
+    assert_eq!(config.kafka.spool_after, Duration::from_secs(2));
+    let err = load("[kafka]\nspool_dir = \"\"\nspool_max_bytes = 1000\nspool_after = \"0s\"\n")
+        .unwrap_err();
+    assert_eq!(
+        problem_keys(err),
+        [
+            "kafka.spool_dir",
+            "kafka.spool_max_bytes",
+            "kafka.spool_after"
+        ]
+    );
+}
+
+#[test]
 fn secrets_are_redacted_when_printed() {
     let config =
         load("[kafka.options]\n\"sasl.password\" = \"hunter2\"\n\"compression.type\" = \"zstd\"\n")

@@ -2,6 +2,7 @@
 //! librdkafka options passed through.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,9 +51,28 @@ pub struct KafkaConfig {
     pub topic_partitions: i32,
     /// Replication factor of topics created at startup; -1 takes the broker's default.
     pub topic_replication: i32,
+    /// A directory where review records the producer cannot deliver wait on disk, across
+    /// outages and restarts, until they are replayed (see `kafka/spool.rs`). Off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's size limit; past it a record is skipped (`reason="spool_full"`).
+    pub spool_max_bytes: u64,
+    /// How often spooled records are fsynced: a power loss (not a crash) can cost the records
+    /// spooled in the last interval. 0 syncs after every record.
+    #[serde(with = "duration")]
+    pub spool_fsync_interval: Duration,
+    /// With a spool: how long the broker may be unreachable before new records go straight to
+    /// disk; also librdkafka's `message.timeout.ms` (a record older than this in the producer's
+    /// queue is spooled), unless `[kafka.options]` sets that.
+    #[serde(with = "duration")]
+    pub spool_after: Duration,
     /// librdkafka properties, passed verbatim; they override reviewloop's defaults.
     pub options: BTreeMap<String, String>,
 }
+
+/// The smallest `kafka.spool_max_bytes` (a record larger than the room left is skipped as
+/// `spool_full`).
+const MIN_SPOOL_BYTES: u64 = 64 * 1024;
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -69,6 +89,14 @@ impl Default for KafkaConfig {
             create_topics: true,
             topic_partitions: 3,
             topic_replication: -1,
+            spool_dir: None,
+            // 1 GiB: about an hour of 100 records/s of 3 KB each (README, "Spool").
+            spool_max_bytes: 1 << 30,
+            // One second of spooled records at risk on a power loss, one fsync a second.
+            spool_fsync_interval: Duration::from_secs(1),
+            // Long enough for a broker restart or a leader election, short enough that little
+            // sits in memory when the process is killed.
+            spool_after: Duration::from_secs(30),
             options: BTreeMap::new(),
         }
     }
@@ -128,6 +156,29 @@ impl KafkaConfig {
             "topic_replication",
             self.topic_replication.to_string(),
             "must be -1 (broker default) or at least 1",
+        );
+        if let Some(dir) = &self.spool_dir {
+            require(
+                &mut problems,
+                !dir.as_os_str().is_empty(),
+                "spool_dir",
+                quoted(&dir.display().to_string()),
+                "must name a directory (leave it unset for no spool)",
+            );
+        }
+        require(
+            &mut problems,
+            self.spool_max_bytes >= MIN_SPOOL_BYTES,
+            "spool_max_bytes",
+            self.spool_max_bytes.to_string(),
+            "must be at least 65536 (64 KiB)",
+        );
+        require(
+            &mut problems,
+            !self.spool_after.is_zero(),
+            "spool_after",
+            shown(self.spool_after),
+            "must be positive",
         );
         problems
     }

@@ -41,7 +41,10 @@
 //! `reviews_skipped_total{reason="kafka_error"}` (refused at enqueue, or failed after it:
 //! timed out, purged at shutdown, rejected by the broker). Records that reached the producer
 //! and failed also count `kafka_messages_total{outcome="failed"}`. So `sent == delivered + queue_full + kafka_error`
-//! once the queue is drained; nothing is lost silently.
+//! once the queue is drained; nothing is lost silently. With a spool (below), a record the
+//! broker could not take counts `spool_written_total` (or `spool_full`/`spool_error`) instead of
+//! `queue_full`/`kafka_error`, and its later delivery counts `delivered` and
+//! `spool_replayed_total`.
 //!
 //! # An unreachable broker
 //!
@@ -51,6 +54,19 @@
 //! down, repeated each minute). Inference goes on meanwhile and records queue up.
 //! [`ReviewSink::is_kafka_up`] is what `/readyz` reads when `server.ready_requires_kafka` asks
 //! it to; by default readiness does not depend on Kafka, since reviews are a side channel.
+//!
+//! # The spool
+//!
+//! With `kafka.spool_dir` set, a record that cannot reach the broker goes to disk
+//! ([`super::spool`]) instead of being dropped: when the producer's queue is full, when its
+//! delivery fails with a transient error (timed out after `message.timeout.ms`, which defaults
+//! to `kafka.spool_after` then; the broker gone; purged at shutdown), and, while the broker has
+//! been unreachable for `kafka.spool_after` (or a delivery just timed out), at once, so that
+//! little waits in memory when the process is killed. Such a record counts
+//! `spool_written_total` instead of a skip; the replayer sends it again once the broker answers
+//! (`spool_replayed_total`, and `kafka_messages_total{outcome="delivered"}` like any delivery).
+//! A record the spool cannot take counts `spool_full` or `spool_error`. Errors that another
+//! try cannot fix (a record too large, an unknown topic) still count `kafka_error`.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -64,10 +80,14 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
+use rdkafka::message::{Headers, Message};
 use tokio::sync::oneshot;
 
+use super::spool::replay::{self, Batch, Resend, Resent};
+use super::spool::segment::Entry;
+use super::spool::{SEGMENT_BYTES, Spool, SpoolSettings};
 use super::{
-    CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers, with_traceparent,
+    CE_REVIEW_REQUESTED, KafkaError, client_config, cloudevent_headers_with_id, with_traceparent,
 };
 use super::{Delivery, KafkaConfig};
 use crate::metrics::{DeliveryOutcome, Metrics, SkipReason};
@@ -98,6 +118,12 @@ pub enum SinkError {
     /// The sink was dropped before the delivery report arrived.
     #[error("the Kafka producer shut down before the record's delivery report")]
     Closed,
+    /// The broker is away: the record went to the spool and is sent when it is back.
+    #[error("Kafka is unreachable; the review record was kept in the spool")]
+    Spooled,
+    /// The broker is away and the spool could not take the record.
+    #[error("Kafka is unreachable and the spool is full; the review record was skipped")]
+    SpoolFull,
 }
 
 type AckSender = oneshot::Sender<Result<(), RdKafkaError>>;
@@ -105,6 +131,8 @@ type AckSender = oneshot::Sender<Result<(), RdKafkaError>>;
 /// What travels with each record through librdkafka to its delivery report.
 struct Pending {
     ack: Option<AckSender>,
+    /// A replayed record: the segment it came from waits for its report.
+    batch: Option<Arc<Batch>>,
 }
 
 /// Logs a repeated event at most once per [`LOG_EVERY`], saying how many were not logged.
@@ -154,6 +182,75 @@ struct SinkContext {
     queued: AtomicUsize,
     failed_log: Throttle,
     error_log: Throttle,
+    spool: Option<Spool>,
+    /// With a spool: the broker is away, new records go straight to disk.
+    outage: AtomicBool,
+    /// `flush` began: the replayer sends nothing more.
+    closing: AtomicBool,
+}
+
+impl SinkContext {
+    /// Hands a record to the spool (counted there); whether it was taken.
+    fn spool(&self, entry: Entry) -> bool {
+        self.spool.as_ref().is_some_and(|spool| spool.append(entry))
+    }
+
+    fn log_failure(&self, error: &RdKafkaError, what: &str) {
+        if let Some(suppressed) = self.failed_log.check() {
+            tracing::warn!(
+                error = %error,
+                topic = %self.topic,
+                suppressed,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// Delivery failures another attempt can fix: the record is spooled rather than dropped.
+fn is_transient(error: &RdKafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageTimedOut
+                | PurgeQueue
+                | PurgeInflight
+                | QueueFull
+                | AllBrokersDown
+                | BrokerTransportFailure
+                | OperationTimedOut
+                | TimedOutQueue
+                | RequestTimedOut
+                | NetworkException
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+                | BrokerNotAvailable
+                | ReplicaNotAvailable
+        )
+    )
+}
+
+/// The spool entry of a message the producer gave back in a delivery report.
+fn entry_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Entry> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let header = |name: &str| {
+        message
+            .headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(text)
+    };
+    Some(Entry {
+        id: text(message.key()?),
+        time: header("ce_time").unwrap_or_default(),
+        ce_id: header("ce_id").unwrap_or_default(),
+        traceparent: header("ce_traceparent"),
+        value: message.payload()?.to_vec(),
+    })
 }
 
 impl ClientContext for SinkContext {
@@ -196,23 +293,37 @@ impl ProducerContext for SinkContext {
             Ok(_) => {
                 self.metrics
                     .kafka_reported(&self.topic, DeliveryOutcome::Delivered, 1);
+                if pending.batch.is_some() {
+                    self.metrics.spool_replayed.inc();
+                    // The broker takes records again: new ones may go to it directly.
+                    self.outage.store(false, Ordering::Relaxed);
+                }
                 Ok(())
             }
-            Err((error, _message)) => {
+            Err((error, message)) => {
                 self.metrics
                     .kafka_reported(&self.topic, DeliveryOutcome::Failed, 1);
-                self.metrics.review_skipped(SkipReason::KafkaError);
-                if let Some(suppressed) = self.failed_log.check() {
-                    tracing::warn!(
-                        error = %error,
-                        topic = %self.topic,
-                        suppressed,
-                        "a review record was not delivered to Kafka"
-                    );
+                match entry_of(message) {
+                    Some(entry) if self.spool.is_some() && is_transient(error) => {
+                        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+                            // Waiting longer in memory would not help the next records either.
+                            self.outage.store(true, Ordering::Relaxed);
+                        }
+                        if self.spool(entry) {
+                            self.log_failure(error, "review records not delivered to Kafka are kept in the spool");
+                        }
+                    }
+                    _ => {
+                        self.metrics.review_skipped(SkipReason::KafkaError);
+                        self.log_failure(error, "a review record was not delivered to Kafka");
+                    }
                 }
                 Err(error.clone())
             }
         };
+        if let Some(batch) = pending.batch {
+            batch.done();
+        }
         if let Some(ack) = pending.ack {
             // The waiter may have timed out and gone; the outcome is counted either way.
             let _ = ack.send(outcome);
@@ -222,6 +333,8 @@ impl ProducerContext for SinkContext {
 
 struct Inner {
     producer: ThreadedProducer<SinkContext>,
+    /// With a spool: how long the broker may be away before records go straight to disk.
+    spool_after: Duration,
     /// The largest record value sent whole; bodies of larger records are cut to fit.
     max_record_bytes: usize,
     /// The broker answered the monitor's last metadata request.
@@ -253,6 +366,23 @@ impl ReviewSink {
         if config.delivery == Delivery::Sync {
             defaults.push(("linger.ms", "0"));
         }
+        let message_timeout = config.spool_after.as_millis().max(1).to_string();
+        let spool = match &config.spool_dir {
+            Some(dir) => {
+                defaults.push(("message.timeout.ms", message_timeout.as_str()));
+                let settings = SpoolSettings {
+                    dir: dir.clone(),
+                    max_bytes: config.spool_max_bytes,
+                    fsync_interval: config.spool_fsync_interval,
+                    segment_bytes: SEGMENT_BYTES.min(config.spool_max_bytes / 4),
+                };
+                Some(
+                    Spool::open(settings, metrics.clone())
+                        .map_err(|e| KafkaError::Config(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let client = client_config(config, bootstrap, &defaults);
         let context = SinkContext {
             metrics,
@@ -260,18 +390,26 @@ impl ReviewSink {
             queued: AtomicUsize::new(0),
             failed_log: Throttle::new(),
             error_log: Throttle::new(),
+            spool,
+            outage: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         };
         let producer: ThreadedProducer<SinkContext> = client
             .create_with_context(context)
             .map_err(|e| KafkaError::Config(format!("cannot create the Kafka producer: {e}")))?;
+        let spooling = producer.context().spool.is_some();
         let inner = Arc::new(Inner {
             producer,
+            spool_after: config.spool_after,
             max_record_bytes: max_record_bytes(config),
             kafka_up: AtomicBool::new(false),
             ack_timeout: config.ack_timeout,
             delivery: config.delivery,
         });
         spawn_broker_monitor(Arc::downgrade(&inner), bootstrap.to_owned());
+        if spooling {
+            replay::spawn(Arc::downgrade(&inner));
+        }
         Ok(ReviewSink { inner })
     }
 
@@ -319,11 +457,27 @@ impl ReviewSink {
             );
             value = serde_json::to_vec(&fitted).expect("a review record serializes to JSON");
         }
+        let ce_id = uuid::Uuid::now_v7().to_string();
+        let entry = |value: Vec<u8>| Entry {
+            id: record.id.clone(),
+            time: record.time.clone(),
+            ce_id: ce_id.clone(),
+            traceparent: record.traceparent.clone(),
+            value,
+        };
+        if context.spool.is_some() && context.outage.load(Ordering::Relaxed) {
+            return if context.spool(entry(value)) {
+                Err(SinkError::Spooled)
+            } else {
+                Err(SinkError::SpoolFull)
+            };
+        }
         let headers = with_traceparent(
-            cloudevent_headers(CE_REVIEW_REQUESTED, &record.id, &record.time),
+            cloudevent_headers_with_id(&ce_id, CE_REVIEW_REQUESTED, &record.id, &record.time),
             record.traceparent.as_deref(),
         );
-        let message = BaseRecord::with_opaque_to(&context.topic, Box::new(Pending { ack }))
+        let pending = Box::new(Pending { ack, batch: None });
+        let message = BaseRecord::with_opaque_to(&context.topic, pending)
             .key(record.id.as_str())
             .payload(value.as_slice())
             .headers(headers);
@@ -334,7 +488,13 @@ impl ReviewSink {
             Ok(()) => Ok(()),
             Err((error, _message)) => {
                 context.queued.fetch_sub(1, Ordering::Relaxed);
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                if context.spool.is_some() && is_transient(&error) {
+                    if context.spool(entry(value.clone())) {
+                        Err(SinkError::Spooled)
+                    } else {
+                        Err(SinkError::SpoolFull)
+                    }
+                } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     context.metrics.review_skipped(SkipReason::QueueFull);
                     Err(SinkError::QueueFull)
                 } else {
@@ -369,21 +529,42 @@ impl ReviewSink {
     }
 
     /// Waits up to `timeout` for every queued record to be delivered or failed (on shutdown).
-    /// Records still queued then are purged and counted as `kafka_error`. Returns how many were
-    /// purged (0 when everything was flushed).
+    /// Records still queued then are purged: kept in the spool when there is one (at once,
+    /// without waiting, while the broker is known to be away), else counted as `kafka_error`.
+    /// Returns how many were dropped (0 when everything was flushed or spooled). The replayer
+    /// stops for good: call this once, at the end.
     pub async fn flush(&self, timeout: Duration) -> usize {
         let inner = Arc::clone(&self.inner);
         let joined = tokio::task::spawn_blocking(move || {
-            if inner.producer.flush(timeout).is_ok() {
-                return 0;
+            let context = inner.producer.context();
+            context.closing.store(true, Ordering::Relaxed);
+            let dropped_before = dropped(context);
+            let timeout = match &context.spool {
+                Some(_) if context.outage.load(Ordering::Relaxed) => Duration::ZERO,
+                _ => timeout,
+            };
+            let mut left = 0;
+            if inner.producer.flush(timeout).is_err() {
+                left = context.queued.load(Ordering::Relaxed);
+                inner
+                    .producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                // Purged records report failure through the polling thread; wait briefly for
+                // it so the counters are final when this returns.
+                let _ = inner.producer.flush(Duration::from_millis(500));
             }
-            let left = inner.producer.context().queued.load(Ordering::Relaxed);
-            inner
-                .producer
-                .purge(PurgeConfig::default().queue().inflight());
-            // Purged records report failure through the polling thread; wait briefly for it so
-            // the counters are final when this returns.
-            let _ = inner.producer.flush(Duration::from_millis(500));
+            if let Some(spool) = &context.spool {
+                spool.sync();
+                if left > 0 {
+                    tracing::info!(
+                        left,
+                        dir = %spool.dir().display(),
+                        "review records not delivered before shutdown are kept in the spool \
+                         for the next start"
+                    );
+                }
+                return (dropped(context) - dropped_before) as usize;
+            }
             left
         })
         .await;
@@ -396,6 +577,66 @@ impl ReviewSink {
             );
         }
         left
+    }
+}
+
+/// Records lost for good so far (to compare before and after a flush).
+fn dropped(context: &SinkContext) -> u64 {
+    [
+        SkipReason::KafkaError,
+        SkipReason::SpoolFull,
+        SkipReason::SpoolError,
+    ]
+    .into_iter()
+    .map(|reason| context.metrics.reviews_skipped(reason))
+    .sum()
+}
+
+impl Resend for Inner {
+    fn spool(&self) -> &Spool {
+        (self.producer.context().spool.as_ref()).expect("the replayer runs only with a spool")
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.producer.context().metrics
+    }
+
+    fn replay_allowed(&self) -> bool {
+        let context = self.producer.context();
+        self.kafka_up.load(Ordering::Acquire)
+            && !context.outage.load(Ordering::Relaxed)
+            && !context.closing.load(Ordering::Relaxed)
+    }
+
+    fn resend(&self, entry: Entry, batch: &Arc<Batch>) -> Resent {
+        let context = self.producer.context();
+        let headers = with_traceparent(
+            cloudevent_headers_with_id(&entry.ce_id, CE_REVIEW_REQUESTED, &entry.id, &entry.time),
+            entry.traceparent.as_deref(),
+        );
+        let pending = Box::new(Pending {
+            ack: None,
+            batch: Some(batch.clone()),
+        });
+        let message = BaseRecord::with_opaque_to(&context.topic, pending)
+            .key(entry.id.as_str())
+            .payload(entry.value.as_slice())
+            .headers(headers);
+        context.queued.fetch_add(1, Ordering::Relaxed);
+        let Err(error) = self.producer.send(message).map_err(|(error, _)| error) else {
+            return Resent::Sent;
+        };
+        context.queued.fetch_sub(1, Ordering::Relaxed);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+            Resent::QueueFull(entry)
+        } else if is_transient(&error) {
+            context.spool(entry);
+            Resent::Refused
+        } else {
+            context.metrics.review_skipped(SkipReason::KafkaError);
+            context.log_failure(&error, "the Kafka producer refused a spooled review record");
+            Resent::Refused
+        }
     }
 }
 
@@ -428,6 +669,11 @@ fn spawn_broker_monitor(inner: Weak<Inner>, bootstrap: String) {
                 let up = answer.is_ok();
                 sink.kafka_up.store(up, Ordering::Release);
                 context.metrics.kafka_up.set(i64::from(up));
+                if up {
+                    // Records go to the broker (and the spool is replayed) until a delivery
+                    // times out again: each answered metadata request is a new try.
+                    context.outage.store(false, Ordering::Relaxed);
+                }
                 match answer {
                     Ok(metadata) => {
                         if !was_up {
@@ -444,6 +690,9 @@ fn spawn_broker_monitor(inner: Weak<Inner>, bootstrap: String) {
                         let since = *down_since.get_or_insert_with(Instant::now);
                         if was_up {
                             next_log = Duration::ZERO;
+                        }
+                        if context.spool.is_some() && since.elapsed() >= sink.spool_after {
+                            context.outage.store(true, Ordering::Relaxed);
                         }
                         let waited = since.elapsed();
                         if waited >= next_log {
