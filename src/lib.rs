@@ -36,6 +36,8 @@
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
 //! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.
+//! - `prediction`: the model's answer in a response — its labels with scores, its top label,
+//!   its text (pure; the console shows it, the decision and the joiner compare with it).
 //! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
@@ -60,6 +62,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, review, route,
-    settings,
+    admin, conditions, confidence, console, decision, exchange, join, kafka, prediction, proxy,
+    review, route, settings,
 );
