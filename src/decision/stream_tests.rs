@@ -83,6 +83,10 @@ fn the_target_rate_holds_while_the_model_improves() {
             shares
         );
     }
+    // Over the whole run, the lag of the quantile is corrected away (without the correction
+    // this stream diverted 4.4 %).
+    let overall = shares.iter().sum::<f64>() / shares.len() as f64;
+    assert!((0.0475..=0.0525).contains(&overall), "{overall}");
     // The threshold follows the model up.
     assert!(
         thresholds.last().unwrap() > &(thresholds[0] + 0.05),

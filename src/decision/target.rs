@@ -8,7 +8,13 @@
 //! weighs `2^((t − origin) / half_life)`, and every weight is rescaled when that grows large,
 //! so time passing costs nothing). A quantile is read by walking the buckets and interpolating
 //! inside the last one; it is recomputed every [`RECOMPUTE_EVERY`] responses, so deciding
-//! costs a bucket increment. Memory: 8 KiB of buckets and at most [`MAX_LABELS`] labels per
+//! costs a bucket increment.
+//!
+//! A quantile of the recent past lags a distribution that moves (a model getting better
+//! diverts less than its share). The sketch also keeps the decayed share of responses that fell
+//! below the target threshold in force, and an integral correction moves the quantile read
+//! until that share is `target_rate` (integration time two decay time constants, which damps
+//! the loop at ζ ≈ 0.7). Memory: 8 KiB of buckets and at most [`MAX_LABELS`] labels per
 //! route. Pure: the clock is passed in.
 
 use std::sync::Mutex;
@@ -33,6 +39,8 @@ pub struct Sketch {
     half_life_seconds: f64,
     weights: Box<[f64]>,
     total: f64,
+    /// The weight of responses that fell below the target threshold in force.
+    below: f64,
     labels: Vec<(Box<str>, f64)>,
     labels_total: f64,
     /// The forward-decay landmark: weights are relative to an observation made then.
@@ -51,6 +59,7 @@ impl Sketch {
             half_life_seconds,
             weights: vec![0.0; BUCKETS].into_boxed_slice(),
             total: 0.0,
+            below: 0.0,
             labels: Vec::new(),
             labels_total: 0.0,
             origin: None,
@@ -79,18 +88,23 @@ impl Sketch {
         let factor = (-age).exp2();
         self.weights.iter_mut().for_each(|w| *w *= factor);
         self.total *= factor;
+        self.below *= factor;
         self.labels.iter_mut().for_each(|(_, w)| *w *= factor);
         self.labels_total *= factor;
         self.origin = Some(now);
         1.0
     }
 
-    /// Adds one response's confidence (in [0, 1]).
-    pub fn observe(&mut self, confidence: f64, now: Instant) {
+    /// Adds one response's confidence (in [0, 1]); `below`: it fell below the target
+    /// threshold in force.
+    pub fn observe(&mut self, confidence: f64, below: bool, now: Instant) {
         let weight = self.weight_at(now);
         let bucket = ((confidence * BUCKETS as f64) as usize).min(BUCKETS - 1);
         self.weights[bucket] += weight;
         self.total += weight;
+        if below {
+            self.below += weight;
+        }
         self.first.get_or_insert(now);
         self.seen += 1;
     }
@@ -144,6 +158,28 @@ impl Sketch {
             below += weight;
         }
         1.0
+    }
+
+    /// The recent share of responses below the target threshold in force.
+    pub fn below_share(&self) -> f64 {
+        if self.total > 0.0 {
+            self.below / self.total
+        } else {
+            0.0
+        }
+    }
+
+    /// Starts the below-target share at `share` (when the threshold starts being used).
+    pub fn assume_below_share(&mut self, share: f64) {
+        self.below = share * self.total;
+    }
+
+    /// How many responses the sketch's weight amounts to at `now` (each weighs 1 when new).
+    pub fn effective_count(&self, now: Instant) -> f64 {
+        self.origin.map_or(0.0, |origin| {
+            let age = now.saturating_duration_since(origin).as_secs_f64() / self.half_life_seconds;
+            self.total * (-age).exp2()
+        })
     }
 
     /// Responses with a confidence per second, recently: the decayed count over the decayed
@@ -202,6 +238,8 @@ struct State {
     sketch: Sketch,
     until_recompute: u32,
     target: f64,
+    /// The share whose quantile is the target threshold: `target_rate`, corrected.
+    share: f64,
     budget: f64,
 }
 
@@ -225,6 +263,7 @@ impl Adaptive {
                 sketch: Sketch::new(half_life_seconds),
                 until_recompute: 0,
                 target: 1.0,
+                share: target_rate.unwrap_or(0.0),
                 budget: 1.0,
             }),
         }
@@ -259,10 +298,14 @@ impl Adaptive {
             label_percent,
         };
         if let Some(confidence) = confidence {
-            state.sketch.observe(confidence, now);
+            let below = live.target.is_some_and(|t| confidence < t);
+            state.sketch.observe(confidence, below, now);
             let warmed_now = state.sketch.seen() == self.warmup.max(1);
+            if warmed_now && let Some(rate) = self.target_rate {
+                state.sketch.assume_below_share(rate);
+            }
             if state.until_recompute == 0 || warmed_now {
-                self.recompute(state, now);
+                self.recompute(state, warm || warmed_now, now);
                 state.until_recompute = RECOMPUTE_EVERY;
             }
             state.until_recompute -= 1;
@@ -270,9 +313,17 @@ impl Adaptive {
         live
     }
 
-    fn recompute(&self, state: &mut State, now: Instant) {
+    fn recompute(&self, state: &mut State, warm: bool, now: Instant) {
         if let Some(rate) = self.target_rate {
-            state.target = state.sketch.quantile(rate);
+            if warm {
+                // Integral correction: the gap between the target and the share that fell
+                // below the threshold, integrated over two decay time constants.
+                let responses = state.sketch.effective_count(now).max(1.0);
+                let gain = (f64::from(RECOMPUTE_EVERY) / (2.0 * responses)).min(0.5);
+                let gap = rate - state.sketch.below_share();
+                state.share = (state.share + gain * gap).clamp(rate / 4.0, (4.0 * rate).min(1.0));
+            }
+            state.target = state.sketch.quantile(state.share);
         }
         if let Some(budget) = self.budget_per_second {
             state.budget = match state.sketch.rate(now) {
@@ -300,7 +351,7 @@ mod tests {
         let mut sketch = Sketch::new(60.0);
         let now = Instant::now();
         for i in 0..10_000 {
-            sketch.observe(i as f64 / 10_000.0, now);
+            sketch.observe(i as f64 / 10_000.0, false, now);
         }
         for share in [0.01, 0.05, 0.5, 0.9] {
             assert!((sketch.quantile(share) - share).abs() < 0.002, "{share}");
@@ -314,19 +365,19 @@ mod tests {
         let mut sketch = Sketch::new(10.0);
         let start = Instant::now();
         for _ in 0..1000 {
-            sketch.observe(0.1, start);
+            sketch.observe(0.1, false, start);
         }
         // Ten half-lives later the old mass weighs 1/1024 of its first weight: a hundred new
         // responses outweigh it.
         let later = start + Duration::from_secs(100);
         for _ in 0..100 {
-            sketch.observe(0.9, later);
+            sketch.observe(0.9, false, later);
         }
         // (Within the 0.9 bucket: a resolution of 1/1024.)
     assert!(sketch.quantile(0.5) > 0.899, "{}", sketch.quantile(0.5));
         // Far beyond the rescaling age, still finite and still right.
         let much_later = start + Duration::from_secs(10 * 1000);
-        sketch.observe(0.3, much_later);
+        sketch.observe(0.3, false, much_later);
         assert!(sketch.quantile(0.5) >= 0.3 && sketch.quantile(0.5) < 0.31);
         assert!(sketch.total.is_finite());
     }
@@ -337,14 +388,14 @@ mod tests {
         let start = Instant::now();
         // 50 per second for 200 seconds.
         for i in 0..10_000u64 {
-            sketch.observe(0.5, start + Duration::from_millis(i * 20));
+            sketch.observe(0.5, false, start + Duration::from_millis(i * 20));
         }
         let rate = sketch.rate(start + Duration::from_millis(10_000 * 20)).unwrap();
         assert!((rate - 50.0).abs() < 1.0, "{rate}");
         // Early on, as exact.
         let mut early = Sketch::new(30.0);
         for i in 0..100u64 {
-            early.observe(0.5, start + Duration::from_millis(i * 20));
+            early.observe(0.5, false, start + Duration::from_millis(i * 20));
         }
         let rate = early.rate(start + Duration::from_millis(100 * 20)).unwrap();
         assert!((rate - 50.0).abs() < 2.0, "{rate}");
