@@ -29,7 +29,8 @@
 //! - `confidence`: `[confidence]`, reading one confidence from any model's response (pure).
 //! - `conditions`: A2I activation conditions (pure).
 //! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
-//!   override (pure apart from the budget's clock, which is passed in).
+//!   override, and the sketch of recent confidences behind `target_rate` (pure apart from the
+//!   budget's and the sketch's state; the clock is passed in).
 //! - `review`: the pipeline behind the hook: decide, count, build and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
 //!   checks, the review sink.
