@@ -418,6 +418,28 @@ mod tests {
         assert_eq!(sketch.label_percent("rare", 50.0), 100.0);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn quantiles_are_monotone_and_in_range(
+            confidences in proptest::collection::vec((0.0f64..=1.0, 0u64..100_000), 1..300),
+            shares in proptest::collection::vec(0.0f64..=1.0, 2..10),
+        ) {
+            let mut sketch = Sketch::new(30.0);
+            let start = Instant::now();
+            let mut elapsed = 0;
+            for (confidence, step) in confidences {
+                elapsed += step;
+                sketch.observe(confidence, false, start + Duration::from_millis(elapsed));
+            }
+            let mut shares = shares;
+            shares.sort_by(f64::total_cmp);
+            let quantiles: Vec<f64> = shares.iter().map(|s| sketch.quantile(*s)).collect();
+            proptest::prop_assert!(quantiles.iter().all(|q| (0.0..=1.0).contains(q)));
+            proptest::prop_assert!(quantiles.windows(2).all(|w| w[0] <= w[1]), "{:?}", quantiles);
+            proptest::prop_assert!(sketch.total.is_finite() && sketch.total > 0.0);
+        }
+    }
+
     #[test]
     fn labels_beyond_the_cap_share_one_stratum() {
         let mut sketch = Sketch::new(60.0);
