@@ -1,5 +1,6 @@
 //! Extraction + decision on 1 KB and 100 KB responses of several shapes, against the cost of
-//! merely parsing the same bytes as JSON (the floor any reader of the response pays).
+//! merely parsing the same bytes as JSON (the floor any reader of the response pays), and the
+//! same decision with `review.target_rate` (the route's confidence sketch) against without.
 //!
 //! `cargo bench --bench decision -- --quick` runs it briefly; a ratio table closes the run.
 
@@ -101,7 +102,7 @@ fn parse_only(body: &[u8]) -> usize {
 
 /// The routes of a configuration; `/invocations` has the top-level policy.
 fn decider(conditions: bool) -> Arc<RouteTable> {
-    let toml = if conditions {
+    routes(if conditions {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/config/conditions.example.json"
@@ -109,7 +110,18 @@ fn decider(conditions: bool) -> Arc<RouteTable> {
         format!("[review]\nconditions_file = {path:?}\n")
     } else {
         "[review]\nconfidence_below = 0.7\nsample_percent = 1\nbudget_per_second = 0\n".to_owned()
-    };
+    })
+}
+
+/// The simple keys with a target rate, warmed up from the first response.
+fn target_decider() -> Arc<RouteTable> {
+    routes(
+        "[review]\nconfidence_below = 1\nsample_percent = 1\ntarget_rate = 0.05\ntarget_warmup = 0\n"
+            .to_owned(),
+    )
+}
+
+fn routes(toml: String) -> Arc<RouteTable> {
     Config::from_toml_with_env(&toml, "bench.toml", Vec::new())
         .unwrap()
         .routes
@@ -135,6 +147,7 @@ fn benches(c: &mut Criterion) {
     ];
     let plain = decider(false);
     let with_conditions = decider(true);
+    let targeted = target_decider();
     for (name, shape, content_type, conditions) in cases {
         let routes = if conditions { &with_conditions } else { &plain };
         let decider = routes.resolve("/invocations").policy();
@@ -164,6 +177,23 @@ fn benches(c: &mut Criterion) {
                 let now = Instant::now();
                 b.iter(|| decider.decide(black_box(input), now))
             });
+            if !conditions {
+                let targeted = targeted.resolve("/invocations").policy();
+                group.bench_with_input(
+                    BenchmarkId::new("decide-target", size_name),
+                    &input,
+                    |b, input| {
+                        let start = Instant::now();
+                        let mut tick = 0u32;
+                        b.iter(|| {
+                            // Time moves on (1 ms a decision), so the sketch decays as it would.
+                            tick = tick.wrapping_add(1);
+                            let now = start + std::time::Duration::from_millis(u64::from(tick));
+                            targeted.decide(black_box(input), now)
+                        })
+                    },
+                );
+            }
         }
         group.finish();
     }
@@ -201,19 +231,26 @@ fn median(dir: &Path, group: &str, function: &str, size: &str) -> Option<f64> {
 fn print_ratios(dir: &Path) {
     println!("\nextraction + decision vs. parsing the same bytes (criterion's medians, this run)");
     println!(
-        "{:<24} {:>12} {:>12} {:>8}",
-        "case", "parse-json", "decide", "ratio"
+        "{:<24} {:>12} {:>12} {:>8} {:>14} {:>10}",
+        "case", "parse-json", "decide", "ratio", "decide-target", "vs decide"
     );
     for (group, size) in CASES.with(|cases| cases.borrow().clone()) {
         let parse = median(dir, group, "parse-json", size);
         let decide = median(dir, group, "decide", size);
+        let target = median(dir, group, "decide-target", size);
         if let (Some(parse), Some(decide)) = (parse, decide) {
+            let (target, versus) = match target {
+                Some(t) => (format!("{:.1}µs", t * 1e6), format!("{:.2}×", t / decide)),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
             println!(
-                "{:<24} {:>10.1}µs {:>10.1}µs {:>7.2}×",
+                "{:<24} {:>10.1}µs {:>10.1}µs {:>7.2}× {:>14} {:>10}",
                 format!("{group}/{size}"),
                 parse * 1e6,
                 decide * 1e6,
-                decide / parse
+                decide / parse,
+                target,
+                versus
             );
         }
     }

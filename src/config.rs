@@ -34,7 +34,7 @@ pub use self::tree::ENV_PREFIX;
 // The sections' types, for building a configuration in code (tests, embedding): each is owned
 // by its component and only re-exported here.
 pub use crate::confidence::{Aggregate, Preset, Scale};
-pub use crate::decision::SampleBy;
+pub use crate::decision::{SampleBy, SampleStrata};
 pub use crate::join::Agreement;
 pub use crate::kafka::{Delivery, EMBEDDED_BROKERS};
 pub use crate::settings::Problem;

@@ -39,7 +39,8 @@
 //! - [`queue`]: the work queue (pure).
 //! - [`feed`]: the Kafka side: rebuilding and following the topics, publishing answers.
 //! - [`auth`]: identities (header, tokens, none), sessions, CSRF tokens.
-//! - [`prediction`]: the model's labels, text and JSON as the task page shows them (pure).
+//! - [`prediction`] (shared with the joiner): the model's labels, text and JSON as the task
+//!   page shows them (pure).
 //! - [`templates`]: one renderer per kind of task (classify, text, json).
 //! - [`pages`]: the HTML pages; `assets/` the script and the style sheet.
 //! - [`server`]: the HTTP routes, identity and CSRF checks, security headers.
@@ -51,7 +52,6 @@ pub mod config;
 mod feed;
 mod metrics;
 mod pages;
-mod prediction;
 mod queue;
 mod server;
 mod task;
@@ -71,6 +71,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::join::JoinConfig;
+use crate::prediction;
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::metrics::Metrics;
 

@@ -1,8 +1,16 @@
 //! The review decision of one route: confidence, conditions, sampling, budget and the
 //! per-request override, compiled once into a [`Policy`] that the route carries.
+//!
+//! With the simple keys, a route may also keep a sketch of its recent confidences
+//! ([`target`]): `target_rate` diverts that share of the least confident responses,
+//! `budget_per_second` keeps the least confident when it binds, and `sample_strata = "label"`
+//! spreads the audit evenly over the predicted labels.
 
 mod budget;
 mod config;
+#[cfg(test)]
+mod stream_tests;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -14,10 +22,12 @@ use http::HeaderName;
 use crate::conditions::{self, Conditions, Facts};
 use crate::confidence::{ConfidenceConfig, Document, Extractor};
 use crate::record::Reason;
-use crate::settings::{Problem, quoted};
+use crate::prediction;
+use crate::settings::{Problem, quoted, shown};
 
 pub use self::budget::TokenBucket;
-pub use self::config::{ReviewConfig, SampleBy};
+pub use self::config::{ReviewConfig, SampleBy, SampleStrata};
+use self::target::{Adaptive, Live};
 
 /// The per-request override carried by `review.force_header`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +77,10 @@ pub struct Decision {
     pub sample_percent: f64,
     /// Reasons fired but the review budget refused the record.
     pub over_budget: bool,
+    /// The confidence below which the route diverts right now (the least of
+    /// `confidence_below`, the `target_rate` quantile and the budget's), when the route keeps
+    /// a sketch (`target_rate`, `budget_per_second` or `sample_strata` set).
+    pub threshold: Option<f64>,
 }
 
 impl Decision {
@@ -88,6 +102,9 @@ pub struct Policy {
     force_header: HeaderName,
     /// `None`: unlimited.
     budget: Option<Mutex<TokenBucket>>,
+    /// The sketch of recent confidences and labels (simple keys only).
+    adaptive: Option<Adaptive>,
+    target_rate: f64,
 }
 
 #[derive(Debug)]
@@ -145,6 +162,38 @@ impl Policy {
                 "must be 0 (unlimited) or a positive rate",
             );
         }
+        let target_rate = review.target_rate;
+        if !(0.0..1.0).contains(&target_rate) {
+            bad(
+                "target_rate",
+                target_rate.to_string(),
+                "must be a share in [0, 1): 0.05 reviews the least confident 5 %; 0 = off",
+            );
+        }
+        if review.target_half_life.is_zero() {
+            bad(
+                "target_half_life",
+                shown(review.target_half_life),
+                "must be longer than 0s",
+            );
+        }
+        let by_label = review.sample_strata == SampleStrata::Label;
+        if review.conditions_file.is_some() {
+            if target_rate > 0.0 {
+                bad(
+                    "target_rate",
+                    target_rate.to_string(),
+                    "only with the simple keys, not with conditions_file",
+                );
+            }
+            if by_label {
+                bad(
+                    "sample_strata",
+                    quoted("label"),
+                    "only with the simple keys, not with conditions_file",
+                );
+            }
+        }
         let force_header = HeaderName::from_bytes(review.force_header.as_bytes())
             .map_err(|_| {
                 bad(
@@ -192,12 +241,26 @@ impl Policy {
         };
         match (extractor, rule, force_header) {
             (Some(extractor), Some(rule), Some(force_header)) if problems.is_empty() => {
+                let adaptive = (matches!(rule, Rule::Simple { .. })
+                    && (target_rate > 0.0 || budget > 0.0 || by_label))
+                    .then(|| {
+                        Adaptive::new(
+                            (target_rate > 0.0).then_some(target_rate),
+                            (budget > 0.0).then_some(budget),
+                            sample,
+                            by_label,
+                            review.target_half_life.as_secs_f64(),
+                            review.target_warmup,
+                        )
+                    });
                 Ok(Policy {
                     extractor,
                     rule,
                     sample_by: review.sample_by,
                     force_header,
                     budget: (budget > 0.0).then(|| Mutex::new(TokenBucket::new(budget))),
+                    adaptive,
+                    target_rate,
                 })
             }
             _ => Err(problems),
@@ -211,12 +274,15 @@ impl Policy {
 
     /// Decides for one exchange at `now` (the budget's clock).
     pub fn decide(&self, input: &DecisionInput<'_>, now: Instant) -> Decision {
-        // The document is parsed only when the shape needs it or a condition reads it.
+        // The document is parsed only when the shape needs it, a condition reads it or the
+        // audit is stratified by the predicted label.
+        let by_label = self.adaptive.as_ref().is_some_and(Adaptive::by_label);
         let quick = match &self.rule {
             Rule::File {
                 reads_response: true,
                 ..
             } => None,
+            _ if by_label => None,
             _ => self
                 .extractor
                 .read_quick(input.response_content_type, input.response_body),
@@ -234,7 +300,16 @@ impl Policy {
             conditions: Vec::new(),
             sample_percent: self.sample_percent(),
             over_budget: false,
+            threshold: None,
         };
+        // Every response counts in the sketch, whatever is decided for it.
+        let label = by_label
+            .then(|| doc.as_ref().and_then(Document::json).and_then(prediction::top_label))
+            .flatten();
+        let live = self
+            .adaptive
+            .as_ref()
+            .map(|adaptive| adaptive.observe(confidence, label.as_deref(), now));
         if input.force == Some(Force::Never) {
             return decision;
         }
@@ -248,23 +323,40 @@ impl Policy {
                 confidence_below,
                 sample_percent,
             } => {
+                // `confidence_below` is the ceiling the target rate never exceeds.
+                let target = live.and_then(|l| l.target);
+                let review_below = target.map_or(*confidence_below, |t| t.min(*confidence_below));
+                decision.threshold =
+                    live.map(|l| l.budget.map_or(review_below, |b| b.min(review_below)));
                 if let Some(c) = confidence
-                    && c < *confidence_below
+                    && c < review_below
                 {
                     decision.reasons.push(Reason::LowConfidence);
-                    decision.conditions.push(format!(
-                        "confidence {c:.4} < confidence_below {confidence_below}"
-                    ));
+                    decision.conditions.push(match target {
+                        Some(t) if t < *confidence_below => format!(
+                            "confidence {c:.4} < {t:.4}, the target_rate {} quantile",
+                            self.target_rate
+                        ),
+                        _ => format!("confidence {c:.4} < confidence_below {confidence_below}"),
+                    });
                 }
-                if point < *sample_percent {
+                let percent = live
+                    .and_then(|l| l.label_percent)
+                    .unwrap_or(*sample_percent);
+                decision.sample_percent = percent;
+                if point < percent {
                     let by = match self.sample_by {
                         SampleBy::Id => "id",
                         SampleBy::Input => "input",
                     };
                     decision.reasons.push(Reason::Sampled);
-                    decision
-                        .conditions
-                        .push(format!("sampled: sample_percent {sample_percent} by {by}"));
+                    decision.conditions.push(match &label {
+                        Some(label) if by_label => format!(
+                            "sampled: sample_percent {sample_percent} by {by}, stratified by \
+                             label: {percent:.4} % for {label:?}"
+                        ),
+                        _ => format!("sampled: sample_percent {sample_percent} by {by}"),
+                    });
                 }
             }
             Rule::File { conditions, .. } => {
@@ -292,8 +384,19 @@ impl Policy {
         }
         decision.reasons.sort_unstable();
         decision.reasons.dedup();
-        // Forcing bypasses the budget, and does not spend it.
-        if !decision.reasons.is_empty()
+        // Forcing bypasses the budget, and does not spend it. A response diverted for its low
+        // confidence alone at or above the budget's threshold is over budget without spending
+        // a token: the budget goes to the least confident.
+        let above_budget = |live: Live| {
+            decision.reasons == [Reason::LowConfidence]
+                && live
+                    .budget
+                    .zip(confidence)
+                    .is_some_and(|(threshold, c)| c >= threshold)
+        };
+        if !decision.reasons.is_empty() && !forced && live.is_some_and(above_budget) {
+            decision.over_budget = true;
+        } else if !decision.reasons.is_empty()
             && !forced
             && let Some(budget) = &self.budget
         {

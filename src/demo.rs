@@ -43,7 +43,7 @@ use crate::kafka::client_config;
 use self::model::{Evaluation, Model};
 use self::options::CONFIDENCE_BELOW;
 pub use self::options::{DemoOptions, OptionsError, demo_config};
-use self::report::{Summary, Window};
+use self::report::{Audit, Summary, Window};
 use self::running::Running;
 use self::task::Task;
 use self::traffic::Tally;
@@ -98,16 +98,20 @@ pub async fn run(
     let started = Instant::now();
     let end = (!options.serve).then(|| started + options.duration);
     let mut reviewed = 0;
+    let mut audited = Audit::default();
     let mut window = |elapsed: Duration| {
         let seen = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         reviewed += seen.reviewed;
         let counts = running.counts();
+        let audit = counts.audit.since(audited);
+        audited = counts.audit;
         Window {
             elapsed,
             tally: seen,
             retraining: counts.retraining,
             pending: reviewed.saturating_sub(counts.resolved()),
             learned: model.learned(),
+            audit,
         }
     };
     let mut windows = Vec::new();
@@ -174,6 +178,7 @@ pub async fn run(
         pilot: PILOT_TICKETS,
         before,
         after: model::evaluate(&model, &mut held_out(), HELD_OUT_TICKETS, CONFIDENCE_BELOW),
+        audit: counts.audit,
     };
     write!(out, "{}", report::summary(&summary, elapsed))?;
     out.flush()?;
@@ -225,8 +230,16 @@ fn write_banner(
     )?;
     writeln!(
         out,
-        "  proxy    http://{proxy}/invocations  (review below confidence {}, sample {}%)",
-        config.review.confidence_below, config.review.sample_percent
+        "  proxy    http://{proxy}/invocations  ({}, sample {}%)",
+        if config.review.target_rate > 0.0 {
+            format!(
+                "review the least confident {}%",
+                config.review.target_rate * 100.0
+            )
+        } else {
+            format!("review below confidence {}", config.review.confidence_below)
+        },
+        config.review.sample_percent
     )?;
     writeln!(out, "  metrics  http://{admin}/metrics")?;
     if let Some(console) = console {

@@ -73,6 +73,7 @@
 //! `txn` is one partition's transaction (plan and finish are pure; fetch and commit touch
 //! Kafka), and `runner` is the poll loop, the rebalance callback and the tasks' lifecycle.
 
+mod accuracy;
 pub mod answer;
 mod changelog;
 mod clients;

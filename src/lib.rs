@@ -29,13 +29,16 @@
 //! - `confidence`: `[confidence]`, reading one confidence from any model's response (pure).
 //! - `conditions`: A2I activation conditions (pure).
 //! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
-//!   override (pure apart from the budget's clock, which is passed in).
+//!   override, and the sketch of recent confidences behind `target_rate` (pure apart from the
+//!   budget's and the sketch's state; the clock is passed in).
 //! - `review`: the pipeline behind the hook: decide, count, build and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
 //!   checks, the review sink and its disk spool.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
 //! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.
+//! - `prediction`: the model's answer in a response — its labels with scores, its top label,
+//!   its text (pure; the console shows it, the decision and the joiner compare with it).
 //! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
@@ -60,6 +63,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, review, route,
-    settings,
+    admin, conditions, confidence, console, decision, exchange, join, kafka, prediction, proxy,
+    review, route, settings,
 );

@@ -6,8 +6,8 @@
 //! dashboard's `rate()` and an alert see them before the first event.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::record::{DeadLetterReason, Reason};
@@ -142,6 +142,21 @@ pub struct Metrics {
     pub spool_written: IntCounter,
     /// Spooled review records delivered to Kafka on replay.
     pub spool_replayed: IntCounter,
+    /// `route`: the confidence below which the route diverts now (routes with a sketch).
+    pub review_threshold: GaugeVec,
+    /// `route`, `reason`, `agreed`: retraining records whose consolidated answer agrees
+    /// with the model's (once per reason of the record).
+    pub model_agreement_total: IntCounterVec,
+    /// `route`, `bucket` ("0.0".."0.9"), `agreed`: the same by the record's confidence.
+    pub calibration_total: IntCounterVec,
+}
+
+/// The calibration bucket of a confidence: its tenth, "0.0" to "0.9" (1.0 falls in "0.9").
+pub fn confidence_bucket(confidence: f64) -> &'static str {
+    const BUCKETS: [&str; 10] = [
+        "0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9",
+    ];
+    BUCKETS[((confidence * 10.0) as usize).min(9)]
 }
 
 impl Metrics {
@@ -191,6 +206,31 @@ impl Metrics {
             "Records written to the dead-letter topic, by reason.",
             &["reason"],
         );
+        let model_agreement_total = counter_vec(
+            "model_agreement_total",
+            "Reviewed records whose consolidated answer agrees with the model's (agreed=true) \
+             or not, by route and reason; on reason=\"sampled\" an unbiased estimate of the \
+             model's accuracy.",
+            &["route", "reason", "agreed"],
+        );
+        let calibration_total = counter_vec(
+            "calibration_total",
+            "Reviewed records by the model's confidence (buckets of 0.1, \"0.0\"..\"0.9\") \
+             and whether the reviewers agreed with the model: a reliability diagram.",
+            &["route", "bucket", "agreed"],
+        );
+        let review_threshold = GaugeVec::new(
+            opts(
+                "review_threshold",
+                "The confidence below which a route diverts right now (target_rate, budget and \
+                 confidence_below together), for routes that keep a sketch.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(review_threshold.clone()))
+            .expect("registered once");
         let upstream_duration_seconds = HistogramVec::new(
             hist(
                 "upstream_duration_seconds",
@@ -315,6 +355,9 @@ impl Metrics {
             spool_bytes,
             spool_written,
             spool_replayed,
+            review_threshold,
+            model_agreement_total,
+            calibration_total,
         }
     }
 

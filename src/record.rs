@@ -252,6 +252,13 @@ pub struct RetrainingRecord {
     /// The `traceparent` of the request the example came from (also `ce_traceparent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The model's answer as compared with `label`: its top label, or its text; `None` when
+    /// either could not be read as one.
+    #[serde(default)]
+    pub model_label: Option<String>,
+    /// Whether `label` is the model's answer (normalised); `None` when not comparable.
+    #[serde(default)]
+    pub model_agreed: Option<bool>,
 }
 
 /// Why a record went to the dead-letter topic.

@@ -44,6 +44,12 @@ impl ReviewPipeline {
 
     fn count(&self, exchange: &Exchange, decision: &Decision) {
         let route = exchange.route.label();
+        if let Some(threshold) = decision.threshold {
+            self.metrics
+                .review_threshold
+                .with_label_values(&[route])
+                .set(threshold);
+        }
         match decision.confidence {
             Some(confidence) => self
                 .metrics

@@ -192,3 +192,104 @@ fn serve_runs_until_ctrl_c_and_says_where_to_watch() {
         rest.join("\n")
     );
 }
+
+/// A writer the test reads while the demo writes to it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nhost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// With a quarter of the answers audited and reviewers who are always right, the accuracy the
+/// joiner measures on the audit (`reviewloop_model_agreement_total{reason="sampled"}`) is the
+/// clients' true accuracy on those answers, and estimates the accuracy on all answers within
+/// the binomial error; the calibration buckets and the live threshold (`--target-rate`) are in
+/// `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audited_accuracy_estimates_the_true_accuracy() {
+    let options = DemoOptions {
+        sample_percent: 25.0,
+        reviewer_accuracy: 1.0,
+        target_rate: 0.1,
+        ..short_run()
+    };
+    let out = Shared::default();
+    let run = tokio::spawn({
+        let mut out = out.clone();
+        async move { demo::run(options, &mut out, std::future::pending()).await }
+    });
+    let admin = loop {
+        let text = out.text();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("metrics "))
+        {
+            let url = line.split_whitespace().nth(1).unwrap();
+            break url
+                .trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .to_owned();
+        }
+        assert!(!run.is_finished(), "the demo ended early:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Within the 18 seconds of traffic.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let metrics = get(&admin, "/metrics").await;
+    let summary = run.await.unwrap().expect("the demo runs");
+    let text = out.text();
+    println!("{text}");
+    assert!(
+        text.contains("review the least confident 10%, sample 25%"),
+        "{text}"
+    );
+
+    assert!(summary.drained, "{summary:#?}");
+    let audit = summary.audit;
+    let total = &summary.total;
+    // Every audited answer was reviewed and compared, and with reviewers who are always right
+    // the comparison is the truth.
+    assert_eq!(audit.compared, total.sampled, "{summary:#?}");
+    assert_eq!(audit.agreed, total.sampled_correct, "{summary:#?}");
+    assert!(audit.compared >= 100, "{summary:#?}");
+    let estimate = audit.accuracy().unwrap();
+    let error = audit.standard_error().unwrap();
+    assert!(
+        (estimate - total.accuracy()).abs() <= 3.0 * error,
+        "audited {estimate:.3} ± {error:.3} vs {:.3} on all answers",
+        total.accuracy()
+    );
+    assert!(text.contains("audited accuracy"), "{text}");
+
+    for series in [
+        "reviewloop_calibration_total{agreed=\"true\",bucket=\"0.",
+        "reviewloop_model_agreement_total{agreed=\"true\",reason=\"sampled\",route=\"/invocations\"}",
+        "reviewloop_review_threshold{route=\"/invocations\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+}

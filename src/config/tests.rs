@@ -284,3 +284,57 @@ fn an_unknown_table_inside_a_route_is_named_with_its_index() {
         "{text}"
     );
 }
+
+#[test]
+fn target_rate_keys_are_checked_and_inherited_by_routes() {
+    let config = load(
+        r#"
+        [review]
+        target_rate = 0.05
+        target_half_life = "90s"
+        sample_strata = "label"
+        [[routes]]
+        name = "chat"
+        path = "/v1/chat/completions"
+        review = { target_warmup = 50 }
+        "#,
+    )
+    .unwrap();
+    let route = &config.routes[0].review;
+    assert_eq!(route.target_rate, 0.05);
+    assert_eq!(route.target_half_life, Duration::from_secs(90));
+    assert_eq!(route.target_warmup, 50);
+    assert_eq!(route.sample_strata, crate::decision::SampleStrata::Label);
+    let err = load(
+        r#"
+        [review]
+        target_rate = 1.5
+        target_half_life = "0s"
+        sample_strata = "class"
+        "#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(err),
+        [
+            "review.sample_strata",
+            "review.target_rate",
+            "review.target_half_life"
+        ]
+    );
+    // The sketch belongs to the simple keys.
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/conditions.example.json"
+    );
+    let err = load(&format!(
+        "[review]\nconditions_file = {example:?}\ntarget_rate = 0.1\nsample_strata = \"label\"\n"
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert_eq!(
+        problem_keys(err),
+        ["review.target_rate", "review.sample_strata"]
+    );
+    assert!(text.contains("not with conditions_file"), "{text}");
+}

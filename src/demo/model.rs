@@ -292,6 +292,8 @@ mod tests {
             reviewed_at: "2026-01-01T00:00:01.000Z".into(),
             model: Default::default(),
             traceparent: None,
+            model_label: None,
+            model_agreed: None,
         }
     }
 

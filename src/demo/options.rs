@@ -45,6 +45,13 @@ pub struct DemoOptions {
     /// Reviews a second at most (review.budget_per_second); 0 = unlimited.
     #[arg(long = "budget", default_value_t = 0.0)]
     pub budget_per_second: f64,
+    /// Review this share of the answers, the least confident (review.target_rate); 0 = off,
+    /// review below confidence 0.7 instead.
+    #[arg(long, default_value_t = 0.0)]
+    pub target_rate: f64,
+    /// The audit sample, in percent of the answers (review.sample_percent).
+    #[arg(long = "sample", default_value_t = 1.0)]
+    pub sample_percent: f64,
 }
 
 impl Default for DemoOptions {
@@ -63,6 +70,8 @@ impl Default for DemoOptions {
             review_delay: Duration::from_millis(50),
             answers_per_review: 1,
             budget_per_second: 0.0,
+            target_rate: 0.0,
+            sample_percent: 1.0,
         }
     }
 }
@@ -105,6 +114,18 @@ impl DemoOptions {
                 self.budget_per_second
             ));
         }
+        if !(0.0..1.0).contains(&self.target_rate) {
+            problems.push(format!(
+                "--target-rate = {}: must be a share in [0, 1), e.g. 0.05",
+                self.target_rate
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.sample_percent) {
+            problems.push(format!(
+                "--sample = {}: must be a percentage between 0 and 100",
+                self.sample_percent
+            ));
+        }
         problems
     }
 }
@@ -126,6 +147,15 @@ pub fn demo_config(options: &DemoOptions, model: SocketAddr) -> Config {
     config.join.reviewers_per_item = options.answers_per_review;
     config.review.budget_per_second = options.budget_per_second;
     config.review.confidence_below = CONFIDENCE_BELOW;
+    config.review.sample_percent = options.sample_percent;
+    if options.target_rate > 0.0 {
+        // No ceiling, and a sketch that follows a model learning within seconds: the demo runs
+        // the loop fast-forward (a deployment keeps the 5-minute half-life).
+        config.review.target_rate = options.target_rate;
+        config.review.confidence_below = 1.0;
+        config.review.target_half_life = Duration::from_secs(5);
+        config.review.target_warmup = 200;
+    }
     // With --serve the console runs too: on loopback, where a name is enough to sign in.
     config.console.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.console.auth = AuthMode::None;
@@ -149,15 +179,19 @@ mod tests {
             answers_per_review: 3,
             reviewer_accuracy: 1.5,
             budget_per_second: -1.0,
+            target_rate: 1.5,
+            sample_percent: 101.0,
             ..DemoOptions::default()
         };
         let problems = bad.validate();
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
         for flag in [
             "--rps",
             "--answers-per-review",
             "--reviewer-accuracy",
             "--budget",
+            "--target-rate",
+            "--sample",
         ] {
             assert!(problems.iter().any(|p| p.contains(flag)), "{flag}");
         }

@@ -20,6 +20,37 @@ pub struct Window {
     pub pending: u64,
     /// Retraining records the model has learned from so far.
     pub learned: u64,
+    /// The audit sample's reviews the joiner compared with the model during the window.
+    pub audit: Audit,
+}
+
+/// Reviews of the audit sample (`reason="sampled"`) the joiner compared with the model's
+/// answer (`reviewloop_model_agreement_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub agreed: u64,
+    pub compared: u64,
+}
+
+impl Audit {
+    /// The model's accuracy as the audit estimates it.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agreed as f64 / self.compared as f64)
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: Audit) -> Audit {
+        Audit {
+            agreed: self.agreed.saturating_sub(earlier.agreed),
+            compared: self.compared.saturating_sub(earlier.compared),
+        }
+    }
+
+    /// One binomial standard error of the estimate.
+    pub fn standard_error(&self) -> Option<f64> {
+        let p = self.accuracy()?;
+        Some((p * (1.0 - p) / self.compared as f64).sqrt())
+    }
 }
 
 /// Everything a run produced, for the summary and for tests.
@@ -51,6 +82,8 @@ pub struct Summary {
     /// The model on held-out tickets before the run, and after.
     pub before: Evaluation,
     pub after: Evaluation,
+    /// The whole run's audit.
+    pub audit: Audit,
 }
 
 impl Summary {
@@ -72,15 +105,15 @@ impl Summary {
 
 pub fn header() -> String {
     format!(
-        "{:>6}  {:>8}  {:>7}  {:>8}  {:>10}  {:>7}  {:>8}",
-        "time", "requests", "review", "low-conf", "retraining", "pending", "accuracy"
+        "{:>6}  {:>8}  {:>7}  {:>8}  {:>10}  {:>7}  {:>8}  {:>13}",
+        "time", "requests", "review", "low-conf", "retraining", "pending", "accuracy", "audited"
     )
 }
 
 pub fn row(window: &Window) -> String {
     let t = &window.tally;
     format!(
-        "{:>5}s  {:>8}  {:>7}  {:>8}  {:>10}  {:>7}  {:>8}{}",
+        "{:>5}s  {:>8}  {:>7}  {:>8}  {:>10}  {:>7}  {:>8}  {:>13}{}",
         window.elapsed.as_secs(),
         t.requests,
         percent(t.review_rate()),
@@ -88,6 +121,10 @@ pub fn row(window: &Window) -> String {
         window.retraining,
         window.pending,
         percent(t.accuracy()),
+        match window.audit.accuracy() {
+            Some(accuracy) => format!("{} of {}", percent(accuracy), window.audit.compared),
+            None => "-".to_owned(),
+        },
         if t.errors > 0 {
             format!("  ({} errors)", t.errors)
         } else {
@@ -130,6 +167,19 @@ pub fn summary(s: &Summary, elapsed: Duration) -> String {
                 first.low_confidence_share(),
                 last.low_confidence_share(),
                 "",
+            ),
+        );
+    }
+    if let (Some(audited), Some(error)) = (s.audit.accuracy(), s.audit.standard_error()) {
+        line(
+            "audited accuracy",
+            format!(
+                "{} ± {:.1} points from {} sampled reviews; true: {} on those answers, {} on all",
+                percent(audited),
+                error * 100.0,
+                s.audit.compared,
+                percent(s.total.sampled_accuracy()),
+                percent(s.total.accuracy()),
             ),
         );
     }
@@ -216,6 +266,7 @@ mod tests {
             reviewed,
             low_confidence: low,
             correct,
+            ..Tally::default()
         }
     }
 
@@ -226,6 +277,10 @@ mod tests {
             retraining: 10,
             pending: 2,
             learned: 9,
+            audit: Audit {
+                agreed: 9,
+                compared: 10,
+            },
         }
     }
 
@@ -234,6 +289,7 @@ mod tests {
         let line = row(&window(5, tally(1000, 620, 600, 741)));
         assert_eq!(line.len(), header().len(), "{line}\n{}", header());
         assert!(line.contains("62.0%") && line.contains("74.1%"), "{line}");
+        assert!(line.ends_with("90.0% of 10"), "{line}");
     }
 
     #[test]
@@ -266,6 +322,10 @@ mod tests {
                 accuracy: 0.97,
                 unsure: 0.1,
             },
+            audit: Audit {
+                agreed: 72,
+                compared: 100,
+            },
         };
         let text = super::summary(&summary, Duration::from_secs(10));
         assert!(
@@ -276,5 +336,9 @@ mod tests {
         assert!(text.contains("998 retraining records, 0 dead letters, 2 pending"));
         assert!(text.contains("stopped before every review was resolved"));
         assert!(text.contains("50.0% → 97.0% accurate, unsure of 100.0% → 10.0%"));
+        assert!(
+            text.contains("72.0% ± 4.5 points from 100 sampled reviews; true: 0.0% on those answers, 72.5% on all"),
+            "{text}"
+        );
     }
 }

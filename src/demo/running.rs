@@ -14,11 +14,16 @@ use tokio::time::Instant;
 
 use super::model::{self, Model};
 use super::options::{DemoOptions, demo_config};
+use super::report::Audit;
 use super::reviewers::{self, ReviewerSettings, ReviewerStats};
 use super::task::Task;
 use crate::app::{self, App, Roles, Shutdown};
 use crate::config::Config;
 use crate::metrics::{DeliveryOutcome, Metrics, SkipReason};
+use crate::record::Reason;
+
+/// The route label of the clients' path, `/invocations`.
+const DEMO_ROUTE: &str = "/invocations";
 
 /// The loop's counters, read from the shared metrics and the reviewers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +38,8 @@ pub(super) struct Counts {
     pub joiner_pending: i64,
     /// Reviews the reviewers could not read: never answered.
     pub unreadable: u64,
+    /// Audited reviews the joiner compared with the model.
+    pub audit: Audit,
 }
 
 impl Counts {
@@ -222,5 +229,21 @@ fn read_counts(metrics: &Metrics, config: &Config, reviewers: &ReviewerStats) ->
         dead_letters: metrics.dead_letters(),
         joiner_pending: metrics.reviews_pending.get(),
         unreadable: reviewers.unreadable.load(Ordering::Relaxed),
+        audit: read_audit(metrics),
+    }
+}
+
+/// `reviewloop_model_agreement_total{reason="sampled"}` on the demo's route.
+fn read_audit(metrics: &Metrics) -> Audit {
+    let count = |agreed: &str| {
+        metrics
+            .model_agreement_total
+            .with_label_values(&[DEMO_ROUTE, Reason::Sampled.as_str(), agreed])
+            .get()
+    };
+    let agreed = count("true");
+    Audit {
+        agreed,
+        compared: agreed + count("false"),
     }
 }

@@ -17,6 +17,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::task::{LABELS, Task};
 use crate::proxy::headers::X_REVIEWLOOP_REVIEW;
+use crate::record::Reason;
 use crate::upstream::{Body, full_body};
 
 /// Requests in flight at most; above it the generator waits (the rate drops, and the table
@@ -37,6 +38,10 @@ pub struct Tally {
     pub low_confidence: u64,
     /// The top label was the ticket's true team.
     pub correct: u64,
+    /// Sent to review for the audit sample (`sampled` among the reasons).
+    pub sampled: u64,
+    /// Of those, how many were right: the accuracy the audit should estimate.
+    pub sampled_correct: u64,
 }
 
 impl Tally {
@@ -47,6 +52,8 @@ impl Tally {
         self.reviewed += other.reviewed;
         self.low_confidence += other.low_confidence;
         self.correct += other.correct;
+        self.sampled += other.sampled;
+        self.sampled_correct += other.sampled_correct;
     }
 
     /// `part` as a share of the answered requests (0 when none were answered).
@@ -55,6 +62,15 @@ impl Tally {
             0.0
         } else {
             part as f64 / self.answered as f64
+        }
+    }
+
+    /// The true accuracy on the answers sent to review for the audit sample (0 when none).
+    pub fn sampled_accuracy(&self) -> f64 {
+        if self.sampled == 0 {
+            0.0
+        } else {
+            self.sampled_correct as f64 / self.sampled as f64
         }
     }
 
@@ -122,11 +138,17 @@ pub async fn run(
                 ..Tally::default()
             };
             match exchange(&client, request).await {
-                Some((reviewed, label, score)) => {
+                Some((reasons, label, score)) => {
+                    let correct = label == LABELS[ticket.label];
+                    let sampled = reasons
+                        .as_deref()
+                        .is_some_and(|r| r.split(',').any(|r| r == Reason::Sampled.as_str()));
                     seen.answered = 1;
-                    seen.reviewed = u64::from(reviewed);
+                    seen.reviewed = u64::from(reasons.is_some());
                     seen.low_confidence = u64::from(score < confidence_below);
-                    seen.correct = u64::from(label == LABELS[ticket.label]);
+                    seen.correct = u64::from(correct);
+                    seen.sampled = u64::from(sampled);
+                    seen.sampled_correct = u64::from(sampled && correct);
                 }
                 None => seen.errors = 1,
             }
@@ -138,19 +160,23 @@ pub async fn run(
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
-/// One request: whether it was sent to review, and the predicted label and its score.
+/// One request: the reasons it was sent to review for (`None`: not sent), and the predicted
+/// label and its score.
 async fn exchange(
     client: &Client<HttpConnector, Body>,
     request: Request<Body>,
-) -> Option<(bool, String, f64)> {
+) -> Option<(Option<String>, String, f64)> {
     let response = client.request(request).await.ok()?;
     if !response.status().is_success() {
         return None;
     }
-    let reviewed = response.headers().contains_key(X_REVIEWLOOP_REVIEW);
+    let reasons = response
+        .headers()
+        .get(X_REVIEWLOOP_REVIEW)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let body = response.into_body().collect().await.ok()?.to_bytes();
     let (label, score) = top_prediction(&body)?;
-    Some((reviewed, label, score))
+    Some((reasons, label, score))
 }
 
 #[cfg(test)]
@@ -176,6 +202,7 @@ mod tests {
             reviewed: 2,
             low_confidence: 4,
             correct: 6,
+            ..Tally::default()
         });
         assert_eq!(tally.accuracy(), 0.75);
         assert_eq!(tally.review_rate(), 0.25);

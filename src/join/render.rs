@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use super::accuracy::{self, AgreementCount};
 use super::answer::{self, Invalid};
 use super::clients::Settings;
 use super::state::{Effect, ReceivedAnswer, ReviewRef};
@@ -66,6 +67,8 @@ pub(crate) struct Tally {
     pub dead_letters: BTreeMap<DeadLetterReason, u64>,
     pub retraining: u64,
     pub turnaround_seconds: Vec<f64>,
+    /// `reviewloop_model_agreement_total` and `reviewloop_calibration_total`, per record.
+    pub agreements: Vec<AgreementCount>,
 }
 
 impl Tally {
@@ -124,6 +127,14 @@ pub(crate) fn effect(
                 .turnaround_seconds
                 .push((completed_at_ms - review.timestamp_ms).max(0) as f64 / 1000.0);
             let retraining = retraining_record(record, label, agreeing, &answers, reviewed_at);
+            if let Some(agreed) = retraining.model_agreed {
+                tally.agreements.push(AgreementCount::new(
+                    &retraining.route,
+                    &retraining.reasons,
+                    retraining.confidence,
+                    agreed,
+                ));
+            }
             Output {
                 topic: settings.retraining_topic.clone(),
                 partition: None,
@@ -286,6 +297,7 @@ fn retraining_record(
     reviewed_at: String,
 ) -> RetrainingRecord {
     let answered = answers.len();
+    let judged = accuracy::judge(&review.response.payload, &label);
     RetrainingRecord {
         id: review.id,
         time: review.time,
@@ -303,6 +315,8 @@ fn retraining_record(
         reviewed_at,
         model: review.model,
         traceparent: review.traceparent,
+        model_label: judged.model_label,
+        model_agreed: judged.agreed,
     }
 }
 
@@ -383,6 +397,43 @@ pub(crate) mod tests {
 
     fn letter(output: &Output) -> DeadLetter {
         serde_json::from_slice(output.payload.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_record_and_the_tally_say_whether_the_reviewers_agreed_with_the_model() {
+        let mut review = review_record("r-1");
+        review.response.payload = Payload::from_bytes(
+            Some("application/json"),
+            br#"[{"label":"dog","score":0.83},{"label":"cat","score":0.17}]"#,
+        );
+        review.confidence = Some(0.83);
+        review.reasons = vec![Reason::LowConfidence, Reason::Sampled];
+        let bytes = serde_json::to_vec(&review).unwrap();
+        let mut tally = Tally::default();
+        let answers = vec![received("alice", "dog", 3)];
+        let output = effect(&settings(), 0, joined(answers), Some(&bytes), UNIX_EPOCH, &mut tally);
+        let record: RetrainingRecord =
+            serde_json::from_slice(output.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(record.model_label.as_deref(), Some("dog"));
+        assert_eq!(record.model_agreed, Some(true));
+        assert_eq!(
+            tally.agreements,
+            [AgreementCount {
+                route: "default".into(),
+                reasons: vec![Reason::LowConfidence, Reason::Sampled],
+                bucket: Some("0.8"),
+                agreed: true,
+            }]
+        );
+        // A response with no label list to compare with: null, and nothing counted.
+        let plain = serde_json::to_vec(&review_record("r-1")).unwrap();
+        let mut tally = Tally::default();
+        let answers = vec![received("alice", "dog", 3)];
+        let output = effect(&settings(), 0, joined(answers), Some(&plain), UNIX_EPOCH, &mut tally);
+        let record: Value = serde_json::from_slice(output.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(record["model_label"], Value::Null);
+        assert_eq!(record["model_agreed"], Value::Null);
+        assert!(tally.agreements.is_empty());
     }
 
     #[test]

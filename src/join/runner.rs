@@ -228,6 +228,21 @@ fn count(metrics: &Metrics, tally: Tally) {
         metrics.dead_lettered(reason, n);
     }
     metrics.retraining_records_total.inc_by(tally.retraining);
+    for counted in tally.agreements {
+        let agreed = if counted.agreed { "true" } else { "false" };
+        for reason in &counted.reasons {
+            metrics
+                .model_agreement_total
+                .with_label_values(&[&counted.route, reason.as_str(), agreed])
+                .inc();
+        }
+        if let Some(bucket) = counted.bucket {
+            metrics
+                .calibration_total
+                .with_label_values(&[&counted.route, bucket, agreed])
+                .inc();
+        }
+    }
     for seconds in tally.turnaround_seconds {
         metrics.review_turnaround_seconds.observe(seconds);
     }

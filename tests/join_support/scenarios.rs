@@ -12,7 +12,8 @@ use super::{Cluster, Joiner, Reader, Schema, duplicates, review_record, shuffle}
 const WAIT: Duration = Duration::from_secs(120);
 
 /// N review records and their answers in a shuffled interleaving (answers first for many)
-/// give exactly N retraining records, each valid against the schema and carrying its review.
+/// give exactly N retraining records, each valid against the schema and carrying its review,
+/// and whether the reviewers agreed with the model ("cat" at 0.42: half of them do).
 pub async fn any_interleaving_joins_exactly_once(cluster: &Cluster, n: usize, seed: u64) {
     let config = cluster.config();
     let joiner = Joiner::start(&config);
@@ -74,11 +75,29 @@ pub async fn any_interleaving_joins_exactly_once(cluster: &Cluster, n: usize, se
         assert_eq!(record["request"]["body"]["inputs"], format!("request {id}"));
         assert_eq!(record["answers"][0]["reviewer"], "alice");
         assert_eq!(record["reasons"], json!(["low_confidence"]));
+        assert_eq!(record["model_label"], "cat");
+        assert_eq!(record["model_agreed"], label == "cat");
     }
     assert_eq!(
         joiner.metric("reviewloop_retraining_records_total"),
         n as f64
     );
+    let cats = n.div_ceil(2) as f64;
+    let route = "route=\"/invocations\"";
+    for (agreed, count) in [("true", cats), ("false", n as f64 - cats)] {
+        assert_eq!(
+            joiner.metric(&format!(
+                "reviewloop_model_agreement_total{{agreed=\"{agreed}\",reason=\"low_confidence\",{route}}}"
+            )),
+            count
+        );
+        assert_eq!(
+            joiner.metric(&format!(
+                "reviewloop_calibration_total{{agreed=\"{agreed}\",bucket=\"0.4\",{route}}}"
+            )),
+            count
+        );
+    }
     assert_eq!(
         joiner.metric("reviewloop_join_answers_total{outcome=\"accepted\"}"),
         n as f64

@@ -1,5 +1,6 @@
-//! Reading the model's answer for the task page (pure): the labels it chose between with their
-//! scores, the text it generated, and its JSON. The shapes are those `confidence::presets`
+//! Reading the model's answer (pure): the labels it chose between with their scores, the text
+//! it generated, and its JSON — for the console's task page, the decision's label strata and
+//! the joiner's comparison with the reviewers. The shapes are those `confidence::presets`
 //! reads; anything else falls back to the configured labels or the raw body.
 
 use serde_json::Value;
@@ -51,6 +52,37 @@ pub fn top(choices: &[Choice]) -> Option<&str> {
         .filter_map(|c| c.score.map(|s| (s, c.label.as_str())))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, label)| label)
+}
+
+/// The label a classifier answered: the best scored of those it named (Hugging Face, zero-shot,
+/// Comprehend); `None` for an unnamed probability vector or any other shape.
+pub fn top_label(body: &Value) -> Option<String> {
+    top(&named_scores(body)).map(str::to_owned)
+}
+
+/// The model's answer, as a reviewer's is compared with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelAnswer {
+    /// A classifier's top label.
+    Label(String),
+    /// A generative model's text (or a text body as it is).
+    Text(String),
+}
+
+impl ModelAnswer {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ModelAnswer::Label(s) | ModelAnswer::Text(s) => s,
+        }
+    }
+}
+
+/// The model's answer in a response: its top label when it names labels, else its text.
+pub fn model_answer(response: &Payload) -> Option<ModelAnswer> {
+    if let Some(label) = json_of(response).as_ref().and_then(top_label) {
+        return Some(ModelAnswer::Label(label));
+    }
+    text(response).map(ModelAnswer::Text)
 }
 
 /// The text a generative model answered (chat or completion, Hugging Face generation, a
