@@ -51,7 +51,7 @@ pub mod config;
 mod feed;
 mod metrics;
 mod pages;
-mod prediction;
+pub(crate) mod prediction;
 mod queue;
 mod server;
 mod task;

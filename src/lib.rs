@@ -36,6 +36,9 @@
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
 //! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.
+//! - `label_studio`: `[label_studio]`, the Label Studio bridge: review records imported as
+//!   tasks with the model's prediction, annotations published as answers (webhook and
+//!   catch-up).
 //! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
@@ -60,6 +63,17 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, review, route,
+    admin,
+    conditions,
+    confidence,
+    console,
+    decision,
+    exchange,
+    join,
+    kafka,
+    label_studio,
+    proxy,
+    review,
+    route,
     settings,
 );
