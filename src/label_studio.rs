@@ -244,7 +244,8 @@ async fn start(
                 let kind = predictions_kind(&project.label_config, derived.ok());
                 return Ok((project, kind));
             }
-            Err(BridgeError::Api(e)) if !matches!(e, ApiError::Unauthorized(_)) => {
+            // A refused token, a missing project, a rejected labeling config: final.
+            Err(BridgeError::Api(e)) if e.is_transient() => {
                 metrics.api_error(e.kind());
                 if !warned {
                     warn!(error = %e, "cannot reach Label Studio yet; retrying");

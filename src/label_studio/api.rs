@@ -44,6 +44,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether trying again may help: Label Studio unreachable, slow, or failing on its side
+    /// (not a refused token or a request it rejects).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Unreachable(_) | ApiError::Timeout(_) => true,
+            ApiError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            ApiError::Unauthorized(_) | ApiError::Decode { .. } => false,
+        }
+    }
+
     pub fn kind(&self) -> ApiErrorKind {
         match self {
             ApiError::Unreachable(_) => ApiErrorKind::Unreachable,

@@ -86,6 +86,9 @@ impl Default for LabelStudioConfig {
     }
 }
 
+/// Label Studio refuses longer project titles.
+const MAX_TITLE_CHARS: usize = 50;
+
 /// A credential read from a file or the environment: shown nowhere (`Debug` redacts it).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -176,6 +179,13 @@ impl LabelStudioConfig {
                 "project",
                 quoted(title),
                 "a project id or a non-empty title is needed",
+            );
+            require(
+                &mut problems,
+                title.chars().count() <= MAX_TITLE_CHARS,
+                "project",
+                quoted(title),
+                "Label Studio's project titles are at most 50 characters",
             );
         }
         if !self.label_config.trim().is_empty() {
@@ -293,6 +303,8 @@ mod tests {
         let secret = config.token().unwrap();
         assert_eq!(secret.expose(), "abc123");
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+        let long = format!("[label_studio]\nproject = \"{}\"\n", "x".repeat(51));
+        assert!(load(&long).unwrap_err()[0].contains("at most 50 characters"));
         let titled = "[label_studio]\nproject = \"Support tickets\"\n";
         assert_eq!(
             load(titled).unwrap().label_studio.project,
