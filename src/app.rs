@@ -1,7 +1,7 @@
 //! Wiring: one [`App`] built from a checked configuration — listeners bound, Kafka reached (or
 //! embedded), the components made — then spawned, and stopped in order within what is left of
-//! the grace period. `proxy`, `join`, `run` and `demo` all go through it; a new process role is
-//! one more component here.
+//! the grace period. `proxy`, `join`, `console`, `label-studio`, `run` and `demo` all go
+//! through it; a new process role is one more component here.
 //!
 //! Stopping: when the shutdown fires (a signal, the caller) or any component ends by itself
 //! (a failure), every component is told to stop. The proxy stops accepting, finishes its
@@ -13,6 +13,7 @@ mod shutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::review::ReviewPipeline;
 use crate::upstream::Upstream;
-use crate::{console, join};
+use crate::{console, join, label_studio};
 
 /// How long the startup topic check may wait for the broker.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +43,8 @@ pub struct Roles {
     pub join: bool,
     /// The reviewer console.
     pub console: bool,
+    /// The Label Studio bridge; in `run` only when `label_studio.url` is set.
+    pub label_studio: bool,
 }
 
 impl Roles {
@@ -50,24 +53,35 @@ impl Roles {
         proxy: true,
         join: false,
         console: false,
+        label_studio: false,
     };
     /// `reviewloop join`.
     pub const JOIN: Roles = Roles {
         proxy: false,
         join: true,
         console: false,
+        label_studio: false,
     };
     /// `reviewloop console`.
     pub const CONSOLE: Roles = Roles {
         proxy: false,
         join: false,
         console: true,
+        label_studio: false,
     };
-    /// `reviewloop run`: everything in one process.
+    /// `reviewloop label-studio`.
+    pub const LABEL_STUDIO: Roles = Roles {
+        proxy: false,
+        join: false,
+        console: false,
+        label_studio: true,
+    };
+    /// `reviewloop run`: everything in one process (the bridge when it is configured).
     pub const ALL: Roles = Roles {
         proxy: true,
         join: true,
         console: true,
+        label_studio: true,
     };
 }
 
@@ -121,6 +135,7 @@ pub struct App {
     proxy: Option<ProxyPart>,
     join: bool,
     console: Option<TcpListener>,
+    label_studio: Option<TcpListener>,
 }
 
 impl App {
@@ -167,6 +182,20 @@ impl App {
         } else {
             None
         };
+        // `run` (the roles with the proxy) includes the bridge when it is configured;
+        // `label-studio` needs it to be.
+        let label_studio = if roles.label_studio
+            && (config.label_studio.is_configured() || !roles.proxy)
+        {
+            if !config.label_studio.is_configured() {
+                anyhow::bail!(
+                    "label_studio.url is not set: `reviewloop label-studio` needs a Label Studio"
+                );
+            }
+            Some(bind(config.label_studio.listen, "label_studio.listen").await?)
+        } else {
+            None
+        };
         let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
         let kafka = KafkaEndpoint::connect(&config)?;
         let metrics = Arc::new(Metrics::new());
@@ -200,6 +229,7 @@ impl App {
             proxy,
             join: roles.join,
             console,
+            label_studio,
         })
     }
 
@@ -213,6 +243,7 @@ impl App {
             proxy,
             join,
             console,
+            label_studio,
         } = self;
         let admin_address = admin.local_addr().ok();
         let console_address = console.as_ref().and_then(|l| l.local_addr().ok());
@@ -264,13 +295,41 @@ impl App {
                 Ok(())
             })
         });
+        let label_studio_address = label_studio.as_ref().and_then(|l| l.local_addr().ok());
+        let label_studio_task = label_studio.map(|listener| {
+            // The process is ready once the bridge reached Label Studio, and while it can.
+            let bridge_ready = Arc::new(AtomicBool::new(false));
+            let before = ready.clone();
+            let flag = bridge_ready.clone();
+            ready = Arc::new(move || before() && flag.load(Ordering::Acquire));
+            let (config, bootstrap, metrics, stop) = (
+                config.clone(),
+                kafka.bootstrap.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            tokio::spawn(async move {
+                let sections = label_studio::Sections {
+                    label_studio: &config.label_studio,
+                    console: &config.console,
+                    kafka: &config.kafka,
+                    review_timeout: config.join.review_timeout,
+                    reviewers_per_item: config.join.reviewers_per_item,
+                };
+                label_studio::run(sections, &bootstrap, metrics, listener, bridge_ready, stop)
+                    .await?;
+                Ok(())
+            })
+        });
         let admin_task = tokio::spawn(admin::serve(admin, metrics.clone(), ready, shutdown.wait()));
         Running {
             shutdown,
             proxy: proxy_task,
             join: join_task,
             console: console_task,
+            label_studio: label_studio_task,
             admin: admin_task,
+            label_studio_address,
             proxy_address,
             admin_address,
             console_address,
@@ -295,7 +354,9 @@ pub struct Running {
     proxy: Option<JoinHandle<anyhow::Result<()>>>,
     join: Option<JoinHandle<anyhow::Result<()>>>,
     console: Option<JoinHandle<anyhow::Result<()>>>,
+    label_studio: Option<JoinHandle<anyhow::Result<()>>>,
     admin: JoinHandle<std::io::Result<()>>,
+    label_studio_address: Option<SocketAddr>,
     proxy_address: Option<SocketAddr>,
     admin_address: Option<SocketAddr>,
     console_address: Option<SocketAddr>,
@@ -320,6 +381,11 @@ impl Running {
         self.console_address
     }
 
+    /// The bridge's webhook address, when this process runs the Label Studio bridge.
+    pub fn label_studio_address(&self) -> Option<SocketAddr> {
+        self.label_studio_address
+    }
+
     pub fn bootstrap(&self) -> &str {
         &self.kafka.bootstrap
     }
@@ -339,7 +405,10 @@ impl Running {
             task.as_ref().is_some_and(JoinHandle::is_finished)
         };
         !self.shutdown.is_fired()
-            && (ended(&self.proxy) || ended(&self.join) || ended(&self.console))
+            && (ended(&self.proxy)
+                || ended(&self.join)
+                || ended(&self.console)
+                || ended(&self.label_studio))
     }
 
     /// Waits for the shutdown or for the first component to end by itself, then stops every
@@ -350,6 +419,7 @@ impl Running {
             result = ended(&mut self.proxy) => Some(result.context("the proxy failed")),
             result = ended(&mut self.join) => Some(result.context("the joiner failed")),
             result = ended(&mut self.console) => Some(result.context("the console failed")),
+            result = ended(&mut self.label_studio) => Some(result.context("the Label Studio bridge failed")),
         };
         if let Some(Err(e)) = &early {
             error!(
@@ -363,6 +433,7 @@ impl Running {
             (self.proxy, "the proxy"),
             (self.join, "the joiner"),
             (self.console, "the console"),
+            (self.label_studio, "the Label Studio bridge"),
         ] {
             if let Some(task) = task {
                 let result = joined(task.await).with_context(|| format!("{what} failed"));

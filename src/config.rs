@@ -25,6 +25,7 @@ pub use crate::decision::ReviewConfig;
 pub use crate::join::JoinConfig;
 pub use crate::kafka::KafkaConfig;
 use crate::kafka::is_secret_option;
+pub use crate::label_studio::{LabelStudioConfig, ProjectRef};
 pub use crate::proxy::ServerConfig;
 pub use crate::route::RouteConfig;
 use crate::route::RouteTable;
@@ -50,6 +51,9 @@ pub struct Config {
     pub join: JoinConfig,
     /// The reviewer console (`reviewloop console`, and part of `run`).
     pub console: ConsoleConfig,
+    /// The Label Studio bridge (`reviewloop label-studio`, and part of `run` when its `url`
+    /// is set).
+    pub label_studio: LabelStudioConfig,
     /// Optional named routes; the top-level `confidence`/`review` tables are the default route.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
@@ -154,6 +158,7 @@ impl Config {
         section("kafka.", self.kafka.check());
         section("join.", self.join.check());
         section("console.", self.console.check());
+        section("label_studio.", self.label_studio.check());
         let routes = RouteTable::new(&self.confidence, &self.review, &self.routes)
             .map_err(|found| problems.extend(found));
         match routes {

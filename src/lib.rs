@@ -39,6 +39,9 @@
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.
 //! - `prediction`: the model's answer in a response — its labels with scores, its top label,
 //!   its text (pure; the console shows it, the decision and the joiner compare with it).
+//! - `label_studio`: `[label_studio]`, the Label Studio bridge: review records imported as
+//!   tasks with the model's prediction, annotations published as answers (webhook and
+//!   catch-up).
 //! - `admin`: the admin server (`/metrics`, `/healthz`, `/readyz`).
 
 #![forbid(unsafe_code)]
@@ -63,6 +66,18 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, console, decision, exchange, join, kafka, prediction, proxy,
-    review, route, settings,
+    admin,
+    conditions,
+    confidence,
+    console,
+    decision,
+    exchange,
+    join,
+    kafka,
+    label_studio,
+    prediction,
+    proxy,
+    review,
+    route,
+    settings,
 );

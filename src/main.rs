@@ -47,7 +47,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the proxy, the joiner and the console in one process.
+    /// Run the Label Studio bridge: review records become Label Studio tasks, annotations
+    /// become answers on the completed topic.
+    LabelStudio {
+        /// TOML config file with a `[label_studio]` section.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy, the joiner and the console in one process (and the Label Studio bridge
+    /// when `[label_studio] url` is set).
     Run {
         /// TOML config file; built-in defaults apply when omitted.
         #[arg(long)]
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         Command::Proxy { config } => serve(config, Roles::PROXY),
         Command::Join { config } => serve(config, Roles::JOIN),
         Command::Console { config } => serve(config, Roles::CONSOLE),
+        Command::LabelStudio { config } => serve(config, Roles::LABEL_STUDIO),
         Command::Demo(options) => {
             let problems = options.validate();
             if !problems.is_empty() {
