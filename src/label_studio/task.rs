@@ -179,6 +179,7 @@ pub(crate) mod tests {
             conditions: vec![],
             model: ModelInfo::default(),
             truncated: false,
+            traceparent: None,
         }
     }
 
