@@ -30,7 +30,9 @@
 //! - `conditions`: A2I activation conditions (pure).
 //! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
 //!   override (pure apart from the budget's clock, which is passed in).
-//! - `review`: the pipeline behind the hook: decide, count, build and send the record.
+//! - `redact`: `[redact]`, per route: fields dropped, masked or hashed and detectors (emails,
+//!   cards…) run over the record's bodies before it leaves the proxy; fails closed.
+//! - `review`: the pipeline behind the hook: decide, count, build, redact and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
 //!   checks, the review sink.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
@@ -60,6 +62,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, review, route,
-    settings,
+    admin, conditions, confidence, console, decision, exchange, join, kafka, proxy, redact, review,
+    route, settings,
 );

@@ -207,6 +207,7 @@ fn retraining_records_as_the_joiner_writes_them_are_valid() {
         answers: vec![answer],
         reviewed_at: rfc3339_millis(SystemTime::now()),
         model: review.model,
+        redaction: review.redaction,
     };
     let value = serde_json::to_value(&record).unwrap();
     assert_valid("retraining", &value);

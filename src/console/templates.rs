@@ -181,6 +181,7 @@ mod tests {
             conditions: vec![],
             model: Default::default(),
             truncated: false,
+            redaction: None,
         }
     }
 

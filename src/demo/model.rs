@@ -291,6 +291,7 @@ mod tests {
             }],
             reviewed_at: "2026-01-01T00:00:01.000Z".into(),
             model: Default::default(),
+            redaction: None,
         }
     }
 

@@ -255,6 +255,7 @@ mod tests {
             conditions: vec![],
             model: Default::default(),
             truncated: false,
+            redaction: None,
         }
     }
 

@@ -298,6 +298,7 @@ fn retraining_record(
         answers: answers.iter().map(|a| a.answer.clone()).collect(),
         reviewed_at,
         model: review.model,
+        redaction: review.redaction,
     }
 }
 
@@ -340,6 +341,7 @@ pub(crate) mod tests {
             conditions: Vec::new(),
             model: Default::default(),
             truncated: false,
+            redaction: None,
         }
     }
 

@@ -128,6 +128,7 @@ pub fn ticket(id: &str, text: &str, labels: &[(&str, f64)]) -> ReviewRecord {
         conditions: Vec::new(),
         model: ModelInfo::default(),
         truncated: false,
+        redaction: None,
     }
 }
 

@@ -52,6 +52,7 @@ pub fn record_with_model(
         conditions: Vec::new(),
         model,
         truncated: false,
+        redaction: None,
     }
 }
 
