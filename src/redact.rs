@@ -213,6 +213,7 @@ fn read_key_file(file: &Path) -> Result<Vec<u8>, Problem> {
 /// `reviewloop_redactions_total{rule}`: values redacted by rule, and values or bodies dropped
 /// because a rule could not be applied (`fail_closed`). Labels are the built-in detectors,
 /// `field`, `fail_closed` and the configured `custom:<name>`s: bounded by the configuration.
+#[derive(Clone)]
 pub struct RedactionMetrics {
     total: IntCounterVec,
 }

@@ -100,13 +100,16 @@ impl ExchangeHook for ReviewPipeline {
         if !decision.diverted() {
             return Box::pin(async { Verdict::default() });
         }
-        let mut record = review_record(&exchange, &decision);
-        exchange.route.redactor().apply(&mut record);
-        if let Some(redaction) = &record.redaction {
-            self.redactions.count(redaction);
-        }
         let sink = self.sink.clone();
+        let redactions = self.redactions.clone();
+        // Built and redacted in the future: for a streamed response the proxy spawns it, so
+        // neither runs on the response's path.
         Box::pin(async move {
+            let mut record = review_record(&exchange, &decision);
+            exchange.route.redactor().apply(&mut record);
+            if let Some(redaction) = &record.redaction {
+                redactions.count(redaction);
+            }
             match sink.submit(&record).await {
                 Ok(()) => Verdict {
                     reasons: decision.reasons,

@@ -60,14 +60,15 @@ impl Builtin {
                 Vec::new()
             }
             Builtin::Email => EMAIL.find_iter(text).map(|m| m.range()).collect(),
-            Builtin::Iban => confirmed(&IBAN, text, iban),
+            Builtin::Iban => confirmed(&IBAN, text, iban, Retry::Inside),
             Builtin::CreditCard => DIGIT_RUN
                 .find_iter(text)
                 .flat_map(|m| cards_in_run(text, m.range()))
                 .collect(),
-            Builtin::Ipv4 => confirmed(&IPV4, text, ipv4),
-            Builtin::Ipv6 => confirmed(&IPV6_RUN, text, ipv6),
-            Builtin::Phone => confirmed(&PHONE, text, phone),
+            Builtin::Ipv4 => confirmed(&IPV4, text, ipv4, Retry::Inside),
+            // A run is maximal: a shorter piece of a refused one is refused too.
+            Builtin::Ipv6 => confirmed(&IPV6_RUN, text, ipv6, Retry::After),
+            Builtin::Phone => confirmed(&PHONE, text, phone, Retry::Inside),
         }
     }
 }
@@ -92,13 +93,22 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
-/// Candidates of `regex` confirmed (and possibly shortened) by `confirm`. A candidate that is
-/// not confirmed is searched again from its next character, so a real match starting inside a
-/// false one is still found.
+/// Where the search goes on after a refused candidate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// From the candidate's next character, so a real match starting inside a false one is
+    /// still found (for candidates of bounded length, or the search could be quadratic).
+    Inside,
+    /// After the candidate.
+    After,
+}
+
+/// Candidates of `regex` confirmed (and possibly shortened) by `confirm`.
 fn confirmed(
     regex: &Regex,
     text: &str,
     confirm: fn(&str, Range<usize>) -> Option<Range<usize>>,
+    retry: Retry,
 ) -> Vec<Range<usize>> {
     let mut found = Vec::new();
     let mut at = 0;
@@ -109,6 +119,7 @@ fn confirmed(
                 at = hit.end;
                 found.push(hit);
             }
+            _ if retry == Retry::After && !range.is_empty() => at = range.end,
             _ => {
                 at = range.start + text[range.start..].chars().next().map_or(1, char::len_utf8);
             }
@@ -308,6 +319,8 @@ mod tests {
             ["2001:db8::8a2e:370:7334", "fe80::1"]
         );
         assert!(found(Builtin::Ipv6, "std::vector at 12:30:00, Foo::Bar").is_empty());
+        let noise = "1:".repeat(10_000);
+        assert_eq!(found(Builtin::Ipv6, &format!("{noise} ::1:2")), ["::1:2"]);
     }
 
     #[test]
