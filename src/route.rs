@@ -349,6 +349,30 @@ mod tests {
     }
 
     #[test]
+    fn each_route_resolves_to_its_own_redactor() {
+        let top = RedactConfig {
+            patterns: vec!["email".into()],
+            ..RedactConfig::default()
+        };
+        let open = RouteConfig {
+            name: "open".into(),
+            path: "/open".into(),
+            ..RouteConfig::default()
+        };
+        let t = RouteTable::new(
+            &ConfidenceConfig::default(),
+            &ReviewConfig::default(),
+            &top,
+            &[open],
+        )
+        .unwrap();
+        assert!(t.resolve("/invocations").redactor().is_active());
+        assert!(t.resolve("/elsewhere").redactor().is_active());
+        assert!(!t.resolve("/open/x").redactor().is_active());
+        assert_eq!(t.redactors().count(), 2);
+    }
+
+    #[test]
     fn bad_routes_are_all_reported_with_their_index() {
         let routes = [
             RouteConfig {
