@@ -9,8 +9,8 @@
 //! constructors compile (each route's review policy) is kept in [`Checked`], so the running
 //! components use what was checked and nothing is compiled twice.
 //!
-//! Per-route `confidence`/`review`/`redact` tables inherit every key they do not set from the top-level
-//! tables.
+//! Per-route `confidence`/`review`/`redact` tables inherit every key they do not set from the
+//! top-level tables.
 
 mod tree;
 
