@@ -38,9 +38,12 @@ fn request_body() -> Vec<u8> {
                         {"at": "2026-11-30T10:15:00Z", "status": "triaged"}],
         },
         "scores": [0.12, 0.33, 0.08, 0.47],
+        "channel": {"source": "web-form", "locale": "en-GB", "agent": "Mozilla/5.0 (X11; Linux \
+            x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+            "received": "2026-11-30T10:11:58Z"},
     });
     let bytes = serde_json::to_vec(&body).unwrap();
-    assert!((900..1300).contains(&bytes.len()), "{} bytes", bytes.len());
+    assert!((1000..1100).contains(&bytes.len()), "{} bytes", bytes.len());
     bytes
 }
 
