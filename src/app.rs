@@ -206,11 +206,12 @@ impl App {
                     &kafka.bootstrap,
                     metrics.clone(),
                 )?);
+                let pipeline = ReviewPipeline::new(sink.clone(), metrics.clone(), &routes);
                 let proxy = Proxy::new(
                     ProxySettings::new(&config.server, config.upstream.timeout),
                     upstream,
                     routes,
-                    Arc::new(ReviewPipeline::new(sink.clone(), metrics.clone())),
+                    Arc::new(pipeline),
                     metrics.clone(),
                 );
                 Some(ProxyPart {

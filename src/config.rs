@@ -9,8 +9,8 @@
 //! constructors compile (each route's review policy) is kept in [`Checked`], so the running
 //! components use what was checked and nothing is compiled twice.
 //!
-//! Per-route `confidence`/`review` tables inherit every key they do not set from the top-level
-//! tables.
+//! Per-route `confidence`/`review`/`redact` tables inherit every key they do not set from the
+//! top-level tables.
 
 mod tree;
 
@@ -27,6 +27,7 @@ pub use crate::kafka::KafkaConfig;
 use crate::kafka::is_secret_option;
 pub use crate::label_studio::{LabelStudioConfig, ProjectRef};
 pub use crate::proxy::ServerConfig;
+pub use crate::redact::{FieldAction, FieldRule, PatternAction, RedactConfig};
 pub use crate::route::RouteConfig;
 use crate::route::RouteTable;
 pub use crate::upstream::{UpstreamConfig, UpstreamKind};
@@ -47,6 +48,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub confidence: ConfidenceConfig,
     pub review: ReviewConfig,
+    /// What review records must not carry (per-route overridable, like `review`).
+    pub redact: RedactConfig,
     pub kafka: KafkaConfig,
     pub join: JoinConfig,
     /// The reviewer console (`reviewloop console`, and part of `run`).
@@ -159,7 +162,7 @@ impl Config {
         section("join.", self.join.check());
         section("console.", self.console.check());
         section("label_studio.", self.label_studio.check());
-        let routes = RouteTable::new(&self.confidence, &self.review, &self.routes)
+        let routes = RouteTable::new(&self.confidence, &self.review, &self.redact, &self.routes)
             .map_err(|found| problems.extend(found));
         match routes {
             Ok(routes) if problems.is_empty() => Ok(Checked {

@@ -31,7 +31,9 @@
 //! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
 //!   override, and the sketch of recent confidences behind `target_rate` (pure apart from the
 //!   budget's and the sketch's state; the clock is passed in).
-//! - `review`: the pipeline behind the hook: decide, count, build and send the record.
+//! - `redact`: `[redact]`, per route: fields dropped, masked or hashed and detectors (emails,
+//!   cards…) run over the record's bodies before it leaves the proxy; fails closed.
+//! - `review`: the pipeline behind the hook: decide, count, build, redact and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
 //!   checks, the review sink and its disk spool.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
@@ -77,6 +79,7 @@ internal!(
     label_studio,
     prediction,
     proxy,
+    redact,
     review,
     route,
     settings,

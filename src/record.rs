@@ -2,6 +2,7 @@
 //! JSON Schemas are in `schemas/` and whose fields the README documents — and how captured
 //! bodies are encoded into them (`json`, `utf8` or `base64`).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -140,6 +141,56 @@ pub struct ReviewRecord {
     /// The request's W3C `traceparent` (also the `ce_traceparent` header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Present when the route redacts (`[redact]`): what was redacted, never the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<Redaction>,
+}
+
+/// What `[redact]` did to a record: how many values each rule redacted, and what was dropped
+/// because a rule could not be applied. Never a value, and never a path taken from a body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redaction {
+    /// Values redacted per rule that fired: a detector (`email`, `custom:<name>`…) or a field
+    /// path as configured (`request.customer.email`).
+    pub rules: BTreeMap<String, u64>,
+    /// Values or whole bodies dropped because a rule could not be applied (fail closed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<Dropped>,
+}
+
+/// Values or a body dropped for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// `request` or `response`.
+    pub body: String,
+    /// The field path as configured, or `patterns`.
+    pub rule: String,
+    /// A value inside the body, or the whole body (then `null` in the record).
+    pub scope: DroppedScope,
+    pub why: DropReason,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DroppedScope {
+    Value,
+    Body,
+}
+
+/// Why a rule could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// A field rule names this body, but it is not JSON (another content type, cut short by
+    /// `max_inspect_bytes`, or undecodable).
+    NotJson,
+    /// Detectors apply, but the body is not text (carried as base64).
+    NotText,
+    /// The path met a value of another kind than it names (a string where it names a member).
+    PathMismatch,
+    /// Replacing matches kept making new ones (a custom regex matching the replacement).
+    Unsettled,
 }
 
 impl ReviewRecord {
@@ -259,6 +310,9 @@ pub struct RetrainingRecord {
     /// Whether `label` is the model's answer (normalised); `None` when not comparable.
     #[serde(default)]
     pub model_agreed: Option<bool>,
+    /// The review record's `redaction`, carried along with its redacted bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<Redaction>,
 }
 
 /// Why a record went to the dead-letter topic.
@@ -363,6 +417,7 @@ mod tests {
             model: ModelInfo::default(),
             truncated: false,
             traceparent: None,
+            redaction: None,
         }
     }
 

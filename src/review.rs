@@ -2,8 +2,9 @@
 //!
 //! For each completed 2xx exchange: the route's [`Policy`](crate::decision::Policy) reads the
 //! confidence and applies its conditions, sampling, budget and override; the decision's metrics
-//! are counted here (the policy is pure); a diverted exchange becomes a [`ReviewRecord`] handed to the
-//! [`ReviewSink`] — without waiting in `delivery = "async"`, after the broker's ack in `sync`.
+//! are counted here (the policy is pure); a diverted exchange becomes a [`ReviewRecord`], which
+//! the route's [`Redactor`](crate::redact::Redactor) cleans (the decision was made on the
+//! original response; only the record changes), handed to the [`ReviewSink`] — without waiting in `delivery = "async"`, after the broker's ack in `sync`.
 //! A failed ack never changes the client's answer: reviews are a side channel, so the response
 //! goes out unchanged (without `x-reviewloop-review`, since the review was not recorded) and the
 //! failure is counted and logged.
@@ -18,15 +19,23 @@ use crate::exchange::{BoxFuture, Captured, Exchange, ExchangeHook, Verdict};
 use crate::kafka::ReviewSink;
 use crate::metrics::{Metrics, SkipReason};
 use crate::record::{Payload, ResponsePayload, ReviewRecord, rfc3339_millis};
+use crate::redact::RedactionMetrics;
+use crate::route::RouteTable;
 
 pub struct ReviewPipeline {
     sink: Arc<ReviewSink>,
     metrics: Arc<Metrics>,
+    redactions: RedactionMetrics,
 }
 
 impl ReviewPipeline {
-    pub fn new(sink: Arc<ReviewSink>, metrics: Arc<Metrics>) -> ReviewPipeline {
-        ReviewPipeline { sink, metrics }
+    pub fn new(sink: Arc<ReviewSink>, metrics: Arc<Metrics>, routes: &RouteTable) -> ReviewPipeline {
+        let redactions = RedactionMetrics::register(&metrics, routes.redactors());
+        ReviewPipeline {
+            sink,
+            metrics,
+            redactions,
+        }
     }
 
     fn decide(&self, exchange: &Exchange) -> Decision {
@@ -68,7 +77,7 @@ impl ReviewPipeline {
     }
 }
 
-/// The record a diverted exchange becomes.
+/// The record a diverted exchange becomes, before redaction.
 pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
     let payload =
         |captured: &Captured| Payload::from_bytes(captured.content_type.as_deref(), &captured.body);
@@ -88,6 +97,7 @@ pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
         model: exchange.model.clone(),
         truncated: exchange.request.truncated || exchange.response.truncated,
         traceparent: exchange.traceparent.clone(),
+        redaction: None,
     }
 }
 
@@ -97,9 +107,16 @@ impl ExchangeHook for ReviewPipeline {
         if !decision.diverted() {
             return Box::pin(async { Verdict::default() });
         }
-        let record = review_record(&exchange, &decision);
         let sink = self.sink.clone();
+        let redactions = self.redactions.clone();
+        // Built and redacted in the future: for a streamed response the proxy spawns it, so
+        // neither runs on the response's path.
         Box::pin(async move {
+            let mut record = review_record(&exchange, &decision);
+            exchange.route.redactor().apply(&mut record);
+            if let Some(redaction) = &record.redaction {
+                redactions.count(redaction);
+            }
             match sink.submit(&record).await {
                 Ok(()) => Verdict {
                     reasons: decision.reasons,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::ConfidenceConfig;
 use crate::decision::{Policy, ReviewConfig};
+use crate::redact::{RedactConfig, Redactor};
 use crate::settings::{Problem, quoted};
 
 /// A named route: requests whose path matches get their own label and decision settings.
@@ -23,10 +24,11 @@ pub struct RouteConfig {
     pub path: String,
     pub confidence: ConfidenceConfig,
     pub review: ReviewConfig,
+    pub redact: RedactConfig,
 }
 
-/// The route a request was matched to: its bounded label and its own review policy. Cheap
-/// to clone (one reference count).
+/// The route a request was matched to: its bounded label, its own review policy and its
+/// redaction rules. Cheap to clone (one reference count).
 #[derive(Debug, Clone)]
 pub struct Route(Arc<RouteInner>);
 
@@ -34,13 +36,15 @@ pub struct Route(Arc<RouteInner>);
 struct RouteInner {
     label: Arc<str>,
     policy: Arc<Policy>,
+    redactor: Arc<Redactor>,
 }
 
 impl Route {
-    fn new(label: &str, policy: Arc<Policy>) -> Route {
+    fn new(label: &str, policy: Arc<Policy>, redactor: Arc<Redactor>) -> Route {
         Route(Arc::new(RouteInner {
             label: Arc::from(label),
             policy,
+            redactor,
         }))
     }
 
@@ -52,6 +56,12 @@ impl Route {
     /// The decision settings of this route (the top-level ones for unconfigured paths).
     pub fn policy(&self) -> &Policy {
         &self.0.policy
+    }
+
+    /// What this route removes from its review records (the top-level `[redact]` for
+    /// unconfigured paths).
+    pub fn redactor(&self) -> &Redactor {
+        &self.0.redactor
     }
 }
 
@@ -100,16 +110,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles every route's policy; the top-level `[confidence]`/`[review]` settings are the
-    /// policy of every path no configured route claims. Every problem is reported, with its
-    /// full key (`review.…` for the top level, `routes[1].…` for a route).
+    /// Compiles every route's policy and redaction rules; the top-level
+    /// `[confidence]`/`[review]`/`[redact]` settings are those of every path no configured
+    /// route claims. Every problem is reported, with its full key (`review.…` for the top
+    /// level, `routes[1].…` for a route).
     pub fn new(
         confidence: &ConfidenceConfig,
         review: &ReviewConfig,
+        redact: &RedactConfig,
         routes: &[RouteConfig],
     ) -> Result<RouteTable, Vec<Problem>> {
         let mut problems = Vec::new();
         let default = Policy::new(confidence, review)
+            .map_err(|found| problems.extend(found))
+            .ok()
+            .map(Arc::new);
+        let default_redactor = Redactor::new(redact)
             .map_err(|found| problems.extend(found))
             .ok()
             .map(Arc::new);
@@ -139,25 +155,39 @@ impl RouteTable {
             });
             let policy = Policy::new(&route.confidence, &route.review)
                 .map_err(|found| problems.extend(found.into_iter().map(|p| p.under(&prefix))));
-            if let (Ok(pattern), Ok(policy)) = (pattern, policy) {
-                configured.push((pattern, Route::new(&route.name, Arc::new(policy))));
+            let redactor = Redactor::new(&route.redact)
+                .map_err(|found| problems.extend(found.into_iter().map(|p| p.under(&prefix))));
+            if let (Ok(pattern), Ok(policy), Ok(redactor)) = (pattern, policy, redactor) {
+                let route = Route::new(&route.name, Arc::new(policy), Arc::new(redactor));
+                configured.push((pattern, route));
             }
         }
-        let Some(default) = default.filter(|_| problems.is_empty()) else {
+        let (Some(default), Some(default_redactor)) = (default, default_redactor) else {
             return Err(problems);
         };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let well_known = WELL_KNOWN
             .iter()
             .map(|template| {
-                let route = Route::new(template, default.clone());
+                let route = Route::new(template, default.clone(), default_redactor.clone());
                 (Pattern::Template(parse_template(template)), route)
             })
             .collect();
         Ok(RouteTable {
             configured,
             well_known,
-            other: Route::new(OTHER, default),
+            other: Route::new(OTHER, default, default_redactor),
         })
+    }
+
+    /// Every route's redactor (the default one once), e.g. to initialise their metrics.
+    pub fn redactors(&self) -> impl Iterator<Item = &Redactor> {
+        self.configured
+            .iter()
+            .map(|(_, route)| route.redactor())
+            .chain([self.other.redactor()])
     }
 
     pub fn resolve(&self, path: &str) -> &Route {
@@ -273,6 +303,7 @@ mod tests {
         RouteTable::new(
             &ConfidenceConfig::default(),
             &ReviewConfig::default(),
+            &RedactConfig::default(),
             &routes,
         )
         .unwrap()
@@ -302,6 +333,7 @@ mod tests {
         let t = RouteTable::new(
             &ConfidenceConfig::default(),
             &ReviewConfig::default(),
+            &RedactConfig::default(),
             &[special],
         )
         .unwrap();
@@ -314,6 +346,30 @@ mod tests {
             "x-review"
         );
         assert_eq!(t.resolve("/elsewhere").policy().force_header(), "x-review");
+    }
+
+    #[test]
+    fn each_route_resolves_to_its_own_redactor() {
+        let top = RedactConfig {
+            patterns: vec!["email".into()],
+            ..RedactConfig::default()
+        };
+        let open = RouteConfig {
+            name: "open".into(),
+            path: "/open".into(),
+            ..RouteConfig::default()
+        };
+        let t = RouteTable::new(
+            &ConfidenceConfig::default(),
+            &ReviewConfig::default(),
+            &top,
+            &[open],
+        )
+        .unwrap();
+        assert!(t.resolve("/invocations").redactor().is_active());
+        assert!(t.resolve("/elsewhere").redactor().is_active());
+        assert!(!t.resolve("/open/x").redactor().is_active());
+        assert_eq!(t.redactors().count(), 2);
     }
 
     #[test]
@@ -333,6 +389,7 @@ mod tests {
         let problems = RouteTable::new(
             &ConfidenceConfig::default(),
             &ReviewConfig::default(),
+            &RedactConfig::default(),
             &routes,
         )
         .unwrap_err();

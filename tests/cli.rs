@@ -247,3 +247,41 @@ async fn console_serves_once_its_queue_is_read_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[test]
+fn the_redaction_key_comes_from_the_environment_and_is_never_shown() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "[redact]\npatterns = [\"email\"]\npattern_action = \"hash\"\nhash_key_env = \"REVIEWLOOP_TEST_REDACT_KEY\"\n"
+    )
+    .unwrap();
+    let key = "a secret key of thirty-two bytes";
+    let output = reviewloop()
+        .args(["check-config", file.path().to_str().unwrap()])
+        .env("REVIEWLOOP_TEST_REDACT_KEY", key)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("hash_key_env = \"REVIEWLOOP_TEST_REDACT_KEY\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(key) && !stderr.contains(key));
+
+    let output = reviewloop()
+        .args(["check-config", file.path().to_str().unwrap()])
+        .env_remove("REVIEWLOOP_TEST_REDACT_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("redact.hash_key_env = \"REVIEWLOOP_TEST_REDACT_KEY\""),
+        "{stderr}"
+    );
+}

@@ -210,6 +210,7 @@ fn retraining_records_as_the_joiner_writes_them_are_valid() {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         model_label: Some("cat".into()),
         model_agreed: Some(true),
+        redaction: review.redaction,
     };
     let value = serde_json::to_value(&record).unwrap();
     assert_valid("retraining", &value);

@@ -337,4 +337,81 @@ fn target_rate_keys_are_checked_and_inherited_by_routes() {
         ["review.target_rate", "review.sample_strata"]
     );
     assert!(text.contains("not with conditions_file"), "{text}");
+fn redact_mistakes_are_all_reported_with_their_paths() {
+    let err = load(
+        r#"
+        [redact]
+        fields = [
+            { path = "request.customer.email", action = "mask" },
+            { path = "body.email", action = "hash" },
+        ]
+        patterns = ["email", "ssn"]
+        custom = { broken = "([a-z" }
+        [[routes]]
+        name = "r"
+        path = "/r"
+        [routes.redact]
+        fields = []
+        patterns = []
+        custom = { everything = "x*" }
+        hash_key_env = "REVIEWLOOP_TEST_THIS_VARIABLE_IS_NOT_SET"
+        "#,
+    )
+    .unwrap_err();
+    let mut keys = problem_keys(err);
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "redact.custom.broken",
+            "redact.fields[1].path",
+            "redact.hash_key_file",
+            "redact.patterns",
+            "routes[0].redact.custom.everything",
+            "routes[0].redact.hash_key_env",
+        ]
+    );
+    let err =
+        load("[redact]\nfields = [{ path = \"request.a\", action = \"blur\" }]\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("redact.fields"), "{text}");
+    assert!(text.contains("unknown variant `blur`"), "{text}");
+}
+
+#[test]
+fn redact_reads_its_key_and_routes_inherit_or_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "too short\n").unwrap();
+    let err = load(&format!(
+        "[redact]\npatterns = [\"email\"]\npattern_action = \"hash\"\nhash_key_file = {:?}\n",
+        short.display().to_string()
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert_eq!(problem_keys(err), ["redact.hash_key_file"]);
+    assert!(text.contains("at least 16"), "{text}");
+    assert!(!text.contains("too short"), "the key is shown: {text}");
+
+    let key = dir.path().join("good.key");
+    std::fs::write(&key, "a key of thirty-two random bytes\n").unwrap();
+    let config = load(&format!(
+        r#"
+        [redact]
+        fields = [{{ path = "request.customer.email", action = "hash" }}]
+        patterns = ["email", "credit_card"]
+        hash_key_file = {:?}
+        [[routes]]
+        name = "open"
+        path = "/open"
+        [routes.redact]
+        patterns = []
+        "#,
+        key.display().to_string()
+    ))
+    .unwrap();
+    let route = &config.routes[0].redact;
+    assert!(route.patterns.is_empty());
+    assert_eq!(route.fields, config.redact.fields);
+    assert_eq!(route.hash_key_file, config.redact.hash_key_file);
 }

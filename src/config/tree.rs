@@ -306,9 +306,10 @@ fn place(tree: &mut toml::Value, path: &[PathStep], value: toml::Value) {
     place(child, rest, value);
 }
 
-/// Routes inherit every `confidence`/`review` key they do not set from the top-level tables.
+/// Routes inherit every `confidence`/`review`/`redact` key they do not set from the top-level
+/// tables.
 pub(super) fn inherit_route_defaults(raw: &mut toml::Table) {
-    let top: Vec<(&str, toml::Table)> = ["confidence", "review"]
+    let top: Vec<(&str, toml::Table)> = ["confidence", "review", "redact"]
         .into_iter()
         .map(|section| {
             let table = raw

@@ -182,6 +182,7 @@ mod tests {
             model: Default::default(),
             truncated: false,
             traceparent: None,
+            redaction: None,
         }
     }
 

@@ -294,6 +294,7 @@ mod tests {
             traceparent: None,
             model_label: None,
             model_agreed: None,
+            redaction: None,
         }
     }
 

@@ -256,6 +256,7 @@ mod tests {
             model: Default::default(),
             truncated: false,
             traceparent: None,
+            redaction: None,
         }
     }
 

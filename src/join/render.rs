@@ -317,6 +317,7 @@ fn retraining_record(
         traceparent: review.traceparent,
         model_label: judged.model_label,
         model_agreed: judged.agreed,
+        redaction: review.redaction,
     }
 }
 
@@ -360,6 +361,7 @@ pub(crate) mod tests {
             model: Default::default(),
             truncated: false,
             traceparent: None,
+            redaction: None,
         }
     }
 

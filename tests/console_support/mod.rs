@@ -129,6 +129,7 @@ pub fn ticket(id: &str, text: &str, labels: &[(&str, f64)]) -> ReviewRecord {
         model: ModelInfo::default(),
         truncated: false,
         traceparent: None,
+        redaction: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub fn record_with_model(
         model,
         truncated: false,
         traceparent: None,
+        redaction: None,
     }
 }
 
