@@ -84,6 +84,7 @@ fn benches(c: &mut Criterion, key: &Path) {
         conditions: vec![],
         sample_percent: 1.0,
         over_budget: false,
+        threshold: None,
     };
     let mut group = c.benchmark_group("record-1KB");
     for (i, (name, redact)) in CASES.into_iter().enumerate() {
@@ -105,6 +106,7 @@ fn benches(c: &mut Criterion, key: &Path) {
                 truncated: false,
             },
             force: None,
+            traceparent: None,
             model: Default::default(),
         };
         let mut check = review_record(&exchange, &decision);

@@ -337,6 +337,9 @@ fn target_rate_keys_are_checked_and_inherited_by_routes() {
         ["review.target_rate", "review.sample_strata"]
     );
     assert!(text.contains("not with conditions_file"), "{text}");
+}
+
+#[test]
 fn redact_mistakes_are_all_reported_with_their_paths() {
     let err = load(
         r#"

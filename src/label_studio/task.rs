@@ -180,6 +180,7 @@ pub(crate) mod tests {
             model: ModelInfo::default(),
             truncated: false,
             traceparent: None,
+            redaction: None,
         }
     }
 

@@ -43,6 +43,7 @@ fn record(request: Payload, response: Payload) -> ReviewRecord {
         model: ModelInfo::default(),
         truncated: false,
         redaction: None,
+        traceparent: None,
     }
 }
 
