@@ -9,6 +9,7 @@
 mod load;
 mod procs;
 mod report;
+mod soak;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -72,6 +73,10 @@ struct Args {
     /// `--reviewloop-env REVIEWLOOP__KAFKA__OPTIONS__LINGER_MS=50`.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     reviewloop_env: Vec<(String, String)>,
+    /// Instead of the comparison: push this many requests through one reviewloop diverting
+    /// 10 % and print its RSS after the warm-up and at the end.
+    #[arg(long, value_name = "REQUESTS")]
+    soak: Option<u64>,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -190,6 +195,25 @@ fn run(
         script: &script,
     };
 
+    if let Some(requests) = args.soak {
+        let target = start_reviewloop_target(
+            args,
+            reviewloop,
+            upstream,
+            work,
+            children,
+            (DIVERT10, "reviewloop, 10 % diverted", "0.7"),
+        )?;
+        return soak::soak(
+            &target,
+            &wrk,
+            plan.threads,
+            args.connections,
+            plan.warmup.max(10),
+            requests,
+        );
+    }
+
     let mut targets = vec![Target {
         key: DIRECT,
         label: "direct (no proxy)",
@@ -209,46 +233,14 @@ fn run(
         admin: None,
         review_topic: None,
     });
-    let run_id = std::process::id();
-    for (key, label, below) in [
+    for spec in [
         (DIVERT10, "reviewloop, 10 % diverted", "0.7"),
         (INSPECT, "reviewloop, inspected, 0 % diverted", "0.0"),
         (DIVERT100, "reviewloop, 100 % diverted", "1.0"),
     ] {
-        let topic = format!("bench.review.{run_id}.{key}");
-        let env = [
-            (
-                "REVIEWLOOP__UPSTREAM__URL",
-                format!("http://{}", upstream.addr),
-            ),
-            ("REVIEWLOOP__KAFKA__BROKERS", args.kafka.clone()),
-            ("REVIEWLOOP__KAFKA__REVIEW_TOPIC", topic.clone()),
-            ("REVIEWLOOP__KAFKA__DELIVERY", "async".into()),
-            ("REVIEWLOOP__REVIEW__CONFIDENCE_BELOW", below.into()),
-            ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0.0".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        let env: Vec<(String, String)> =
-            env.into_iter().chain(args.reviewloop_env.clone()).collect();
-        let Reviewloop {
-            process,
-            data,
-            admin,
-        } = procs::start_reviewloop(
-            key,
-            reviewloop,
-            &env,
-            work.join(format!("{key}.log")),
-            children,
-        )?;
-        targets.push(Target {
-            key,
-            label,
-            addr: data,
-            process: Some(process),
-            admin: Some(admin),
-            review_topic: Some(topic),
-        });
+        targets.push(start_reviewloop_target(
+            args, reviewloop, upstream, work, children, spec,
+        )?);
     }
     eprintln!("bench: all targets up; warming up {} s each", plan.warmup);
     for target in &targets {
@@ -484,6 +476,51 @@ fn review_counters(target: &Target) -> anyhow::Result<Option<ReviewCounts>> {
         ),
         ..ReviewCounts::default()
     }))
+}
+
+/// One reviewloop process diverting the responses whose confidence is below `below`.
+fn start_reviewloop_target(
+    args: &Args,
+    reviewloop: &Path,
+    upstream: &Upstream,
+    work: &Path,
+    children: &Children,
+    (key, label, below): (&'static str, &'static str, &'static str),
+) -> anyhow::Result<Target> {
+    let run_id = std::process::id();
+    let topic = format!("bench.review.{run_id}.{key}");
+    let env = [
+        (
+            "REVIEWLOOP__UPSTREAM__URL",
+            format!("http://{}", upstream.addr),
+        ),
+        ("REVIEWLOOP__KAFKA__BROKERS", args.kafka.clone()),
+        ("REVIEWLOOP__KAFKA__REVIEW_TOPIC", topic.clone()),
+        ("REVIEWLOOP__KAFKA__DELIVERY", "async".into()),
+        ("REVIEWLOOP__REVIEW__CONFIDENCE_BELOW", below.into()),
+        ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0.0".into()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let env: Vec<(String, String)> = env.into_iter().chain(args.reviewloop_env.clone()).collect();
+    let Reviewloop {
+        process,
+        data,
+        admin,
+    } = procs::start_reviewloop(
+        key,
+        reviewloop,
+        &env,
+        work.join(format!("{key}.log")),
+        children,
+    )?;
+    Ok(Target {
+        key,
+        label,
+        addr: data,
+        process: Some(process),
+        admin: Some(admin),
+        review_topic: Some(topic),
+    })
 }
 
 /// Waits until every record reviewloop diverted is delivered or counted as lost; the seconds
