@@ -63,7 +63,8 @@ struct Args {
     /// Also record a perf profile of the diverting reviewloop under load into this directory.
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// The Kafka broker review records go to (a real broker process).
+    /// The Kafka broker review records go to (a real broker process; with --soak, `mock`
+    /// runs librdkafka's mock cluster in this process).
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     kafka: String,
     /// The broker's pid, to report its CPU per request too.
@@ -196,8 +197,15 @@ fn run(
     };
 
     if let Some(requests) = args.soak {
+        // `--kafka mock`: librdkafka's mock cluster in this process, so the broker's memory
+        // and CPU stay out of the way.
+        let mock = (args.kafka == "mock")
+            .then(|| soak::MockKafka::start(&review_topic(DIVERT10)))
+            .transpose()?;
+        let brokers = mock.as_ref().map_or(args.kafka.clone(), |m| m.bootstrap());
         let target = start_reviewloop_target(
             args,
+            &brokers,
             reviewloop,
             upstream,
             work,
@@ -239,7 +247,13 @@ fn run(
         (DIVERT100, "reviewloop, 100 % diverted", "1.0"),
     ] {
         targets.push(start_reviewloop_target(
-            args, reviewloop, upstream, work, children, spec,
+            args,
+            &args.kafka,
+            reviewloop,
+            upstream,
+            work,
+            children,
+            spec,
         )?);
     }
     eprintln!("bench: all targets up; warming up {} s each", plan.warmup);
@@ -478,23 +492,28 @@ fn review_counters(target: &Target) -> anyhow::Result<Option<ReviewCounts>> {
     }))
 }
 
+/// The review topic of the reviewloop process `key`.
+fn review_topic(key: &str) -> String {
+    format!("bench.review.{}.{key}", std::process::id())
+}
+
 /// One reviewloop process diverting the responses whose confidence is below `below`.
 fn start_reviewloop_target(
     args: &Args,
+    brokers: &str,
     reviewloop: &Path,
     upstream: &Upstream,
     work: &Path,
     children: &Children,
     (key, label, below): (&'static str, &'static str, &'static str),
 ) -> anyhow::Result<Target> {
-    let run_id = std::process::id();
-    let topic = format!("bench.review.{run_id}.{key}");
+    let topic = review_topic(key);
     let env = [
         (
             "REVIEWLOOP__UPSTREAM__URL",
             format!("http://{}", upstream.addr),
         ),
-        ("REVIEWLOOP__KAFKA__BROKERS", args.kafka.clone()),
+        ("REVIEWLOOP__KAFKA__BROKERS", brokers.to_owned()),
         ("REVIEWLOOP__KAFKA__REVIEW_TOPIC", topic.clone()),
         ("REVIEWLOOP__KAFKA__DELIVERY", "async".into()),
         ("REVIEWLOOP__REVIEW__CONFIDENCE_BELOW", below.into()),

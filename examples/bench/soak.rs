@@ -5,10 +5,29 @@
 
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 
 use crate::load::Wrk;
 use crate::{Target, drain, review_counters};
+
+/// librdkafka's mock cluster with the review topic, for a soak without a broker process.
+pub struct MockKafka(MockCluster<'static, DefaultProducerContext>);
+
+impl MockKafka {
+    pub fn start(topic: &str) -> anyhow::Result<MockKafka> {
+        let cluster = MockCluster::new(1).context("mock Kafka cluster")?;
+        cluster
+            .create_topic(topic, 3, 1)
+            .context("mock review topic")?;
+        Ok(MockKafka(cluster))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.0.bootstrap_servers()
+    }
+}
 
 /// Seconds of load per step; RSS is printed after each.
 const STEP_SECONDS: u64 = 30;
