@@ -659,6 +659,47 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_closures_is_one_log_line() {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || SharedWriter(sink.clone()))
+            .with_ansi(false)
+            .finish();
+        let log = BurstLog {
+            server: "proxy",
+            counts: Default::default(),
+            last: Mutex::new(None),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..300 {
+                log.note(CloseReason::HeaderTimeout);
+            }
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("header_timeout=1"), "{text}");
+        // The rest waits for the next line, at most 10 s later.
+        assert_eq!(
+            log.counts[CloseReason::HeaderTimeout as usize].load(Ordering::Relaxed),
+            299
+        );
+    }
+
+    struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
     fn hyper_errors_that_are_not_limits_are_not_counted() {
         let io = std::io::Error::other("reset by peer");
         assert_eq!(CloseReason::of_error(&io), None);
