@@ -92,5 +92,15 @@ pub fn soak(
         rss_end as f64 / 1024.0,
         (rss_end as f64 - rss_warm as f64) / 1024.0
     );
+    // As the comparison does: a run with failures or another diversion rate proves nothing.
+    let share = counts.diverted as f64 / counts.requests.max(1) as f64;
+    if errors > 0 || (share - 0.10).abs() > 0.005 || counts.delivered < counts.diverted {
+        bail!(
+            "soak not trustworthy: {errors} failed requests, {:.2} % diverted, {} of {} delivered",
+            share * 100.0,
+            counts.delivered,
+            counts.diverted
+        );
+    }
     Ok(())
 }
