@@ -7,12 +7,11 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::proxy::{Connections, ServerConfig, Tracked};
 use crate::upstream::{Body, full_body};
 
 /// Whether the process is ready for traffic (listening, and Kafka metadata fetched).
@@ -26,23 +25,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     info!(address = %listener.local_addr()?, "admin listening");
+    // The proxy's connection deadlines and cap at their defaults: a scraper never needs more.
+    let connections = Connections::new(&ServerConfig::default(), "admin", None);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
+                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
+                let activity = admitted.activity();
                 let metrics = metrics.clone();
                 let ready = ready.clone();
                 let service = service_fn(move |request| {
+                    let started = activity.request_started();
                     let response = answer(&request, &metrics, &ready);
-                    async move { Ok::<_, Infallible>(response) }
+                    async move { Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started))) }
                 });
-                tokio::spawn(async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                        debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
+                let connection = connections.builder().serve_connection(io, service).into_owned();
+                tokio::spawn(admitted.drive(connection));
             }
             () = &mut shutdown => return Ok(()),
         }

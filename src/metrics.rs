@@ -117,6 +117,10 @@ pub struct Metrics {
     pub kafka_up: IntGauge,
     /// `error_type`: the proxy's own error answers (upstream_unreachable, timeout, overloaded…).
     pub proxy_errors_total: IntCounterVec,
+    /// Client connections open on the proxy's port.
+    pub proxy_connections: IntGauge,
+    /// `reason`: client connections the proxy closed or refused at a `[server]` limit.
+    pub proxy_connections_closed_total: IntCounterVec,
     /// `route`; buckets in 0.05 steps.
     pub confidence: HistogramVec,
     /// `route`, `reason` (low_confidence/sampled/forced).
@@ -180,6 +184,11 @@ impl Metrics {
             "proxy_errors_total",
             "Error answers the proxy made itself instead of the upstream's.",
             &["error_type"],
+        );
+        let proxy_connections_closed_total = counter_vec(
+            "proxy_connections_closed_total",
+            "Client connections the proxy closed or refused at one of its [server] limits, by reason.",
+            &["reason"],
         );
         let reviews_diverted_total = counter_vec(
             "reviews_diverted_total",
@@ -274,6 +283,11 @@ impl Metrics {
             "Requests being served by the proxy right now.",
         ))
         .expect("valid metric");
+        let proxy_connections = IntGauge::with_opts(opts(
+            "proxy_connections",
+            "Client connections open on the proxy's port.",
+        ))
+        .expect("valid metric");
         let kafka_up = IntGauge::with_opts(opts(
             "kafka_up",
             "1 while the review producer reaches a Kafka broker (metadata answered in the last \
@@ -319,6 +333,7 @@ impl Metrics {
             Box::new(confidence.clone()),
             Box::new(review_turnaround_seconds.clone()),
             Box::new(requests_in_flight.clone()),
+            Box::new(proxy_connections.clone()),
             Box::new(kafka_up.clone()),
             Box::new(reviews_pending.clone()),
             Box::new(join_partitions_assigned.clone()),
@@ -342,6 +357,8 @@ impl Metrics {
             requests_in_flight,
             kafka_up,
             proxy_errors_total,
+            proxy_connections,
+            proxy_connections_closed_total,
             confidence,
             reviews_diverted_total,
             reviews_skipped_total,

@@ -1,7 +1,8 @@
 //! The data plane: accepts clients (HTTP/1.1 and h2c), forwards to the upstream, streams the
 //! response back unchanged while capturing it for the review hook, and maps failures to answers.
 //!
-//! A request goes through these phases:
+//! A connection is admitted under `max_connections` and watched by [`limits`] (head, idle and
+//! send deadlines, HTTP/2 limits); a request on it goes through these phases:
 //! 1. admission: over `max_in_flight` ⇒ 503; the record id and route are chosen;
 //! 2. forward: hop-by-hop headers dropped, `X-Request-Id` set, the body streamed to the upstream
 //!    while a copy (up to `max_inspect_bytes`) is kept;
@@ -13,10 +14,12 @@
 mod config;
 mod decode;
 pub mod headers;
+mod limits;
 mod tap;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,8 +29,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,6 +36,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use self::config::ServerConfig;
 pub use self::decode::{DecodeError, decode};
+pub use self::limits::{Connections, Tracked};
+use self::limits::StallTimeout;
 use self::headers::{
     X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
     X_SAGEMAKER_TARGET_MODEL, id_value, record_id, remove_hop_by_hop, text, traceparent,
@@ -54,6 +57,8 @@ pub struct ProxySettings {
     pub max_in_flight: usize,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The connection and body limits of `[server]`.
+    pub server: ServerConfig,
 }
 
 impl ProxySettings {
@@ -63,18 +68,26 @@ impl ProxySettings {
             max_in_flight: server.max_in_flight,
             upstream_timeout,
             shutdown_grace: server.shutdown_grace,
+            server: server.clone(),
         }
     }
 }
 
 /// `error_type` of a request shed above `max_in_flight`.
 const OVERLOADED: &str = "overloaded";
+/// `error_type` of a request whose body stalled for `body_read_timeout` (408).
+const CLIENT_BODY_TIMEOUT: &str = "client_body_timeout";
+/// `error_type` of a response body cut because the upstream sent nothing for
+/// `upstream.timeout` (the head was already sent: the client sees the body end early).
+const UPSTREAM_BODY_TIMEOUT: &str = "upstream_body_timeout";
 
 /// The proxy's own failures, classified once into a status and a bounded `error_type`.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
     #[error("too many requests in flight")]
     Overloaded,
+    #[error("the request body stalled")]
+    ClientBodyTimeout,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -83,6 +96,7 @@ impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(e) => e.status(),
         }
     }
@@ -90,6 +104,7 @@ impl ProxyError {
     fn error_type(&self) -> &'static str {
         match self {
             ProxyError::Overloaded => OVERLOADED,
+            ProxyError::ClientBodyTimeout => CLIENT_BODY_TIMEOUT,
             ProxyError::Upstream(e) => e.error_type(),
         }
     }
@@ -97,6 +112,9 @@ impl ProxyError {
     fn client_message(&self) -> String {
         match self {
             ProxyError::Overloaded => "the proxy is at its max_in_flight limit; retry later".into(),
+            ProxyError::ClientBodyTimeout => {
+                "the request body sent nothing for server.body_read_timeout".into()
+            }
             ProxyError::Upstream(e) => e.client_message(),
         }
     }
@@ -109,7 +127,13 @@ pub struct Proxy {
     hook: Arc<dyn ExchangeHook>,
     metrics: Arc<Metrics>,
     in_flight: Arc<Semaphore>,
+    connections: Arc<Connections>,
 }
+
+/// Set when a request's body stalled for `body_read_timeout`; carried in the request's
+/// extensions from [`Proxy::handle`] to the answer.
+#[derive(Clone)]
+struct ClientBodyStalled(Arc<AtomicBool>);
 
 /// Holds a request's place under `max_in_flight` and in the in-flight gauge.
 struct InFlight {
@@ -214,9 +238,13 @@ impl Proxy {
     ) -> Arc<Proxy> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         // The error answers every proxy can give exist at 0 from the start, for alerts.
-        for error_type in std::iter::once(OVERLOADED).chain(crate::upstream::ERROR_TYPES) {
+        for error_type in [OVERLOADED, CLIENT_BODY_TIMEOUT, UPSTREAM_BODY_TIMEOUT]
+            .into_iter()
+            .chain(crate::upstream::ERROR_TYPES)
+        {
             metrics.proxy_errors_total.with_label_values(&[error_type]);
         }
+        let connections = Connections::new(&settings.server, "proxy", Some(metrics.clone()));
         Arc::new(Proxy {
             settings,
             upstream,
@@ -224,12 +252,21 @@ impl Proxy {
             hook,
             metrics,
             in_flight,
+            connections,
         })
     }
 
     /// Answers one request; every failure becomes a response, nothing here returns an error.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
-        let request = request.map(|body| body.map_err(BoxError::from).boxed_unsync());
+        let stalled = ClientBodyStalled(Arc::new(AtomicBool::new(false)));
+        let flag = stalled.0.clone();
+        let limit = self.settings.server.body_read_timeout;
+        let mut request = request.map(|body| {
+            let body = body.map_err(|e| -> BoxError { Box::new(e) });
+            StallTimeout::new(body, limit, move || flag.store(true, Ordering::Relaxed))
+                .boxed_unsync()
+        });
+        request.extensions_mut().insert(stalled);
         self.handle_body(request).await
     }
 
@@ -263,6 +300,8 @@ impl Proxy {
     ) -> Response<Body> {
         let received_at = SystemTime::now();
         let (mut parts, body) = request.into_parts();
+        let client_body_stalled = parts.extensions.remove::<ClientBodyStalled>();
+        let http1 = parts.version < http::Version::HTTP_2;
         let force = parts
             .headers
             .remove(route.policy().force_header())
@@ -295,6 +334,18 @@ impl Proxy {
             };
         let response = match result {
             Ok(response) => response,
+            Err(_) if client_body_stalled.is_some_and(|s| s.0.load(Ordering::Relaxed)) => {
+                debug!("request body stalled");
+                let mut response = self.error_response(&id, &route, ProxyError::ClientBodyTimeout);
+                if http1 {
+                    // The rest of the body may still come: the connection cannot be reused.
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                return response;
+            }
             Err(e) => {
                 warn!(error = %e, "upstream call failed");
                 return self.error_response(&id, &route, e.into());
@@ -308,6 +359,19 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REVIEWLOOP_ID, id_value(&id));
+        // A body streamed through (not read whole below) may not stall for longer than the
+        // upstream may take to answer: a model server that stops mid-body does not pin the
+        // client's and the upstream's connections for ever.
+        let metrics = self.metrics.clone();
+        let stall_limit = self.settings.upstream_timeout;
+        let body = StallTimeout::new(body, stall_limit, move || {
+            warn!(limit = ?stall_limit, "upstream body stalled; cutting the response");
+            metrics
+                .proxy_errors_total
+                .with_label_values(&[UPSTREAM_BODY_TIMEOUT])
+                .inc();
+        })
+        .boxed_unsync();
         let status = parts.status;
         if !status.is_success() {
             self.count(&route, status);
@@ -463,7 +527,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = proxy.settings.shutdown_grace;
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = proxy.connections.clone();
     tokio::pin!(shutdown);
     info!(address = %listener.local_addr()?, "proxy listening");
     loop {
@@ -478,19 +542,20 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
+                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
+                let activity = admitted.activity();
                 let proxy = proxy.clone();
                 let service = service_fn(move |request| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!(%peer, error = %e, "client connection ended with an error");
+                    let started = activity.request_started();
+                    async move {
+                        let response = proxy.handle(request).await;
+                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started)))
                     }
                 });
+                let connection = connections.builder().serve_connection(io, service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(admitted.drive(connection));
             }
             () = &mut shutdown => break,
         }

@@ -9,6 +9,7 @@
 mod load;
 mod procs;
 mod report;
+mod soak;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -62,7 +63,8 @@ struct Args {
     /// Also record a perf profile of the diverting reviewloop under load into this directory.
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// The Kafka broker review records go to (a real broker process).
+    /// The Kafka broker review records go to (a real broker process; with --soak, `mock`
+    /// runs librdkafka's mock cluster in this process).
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     kafka: String,
     /// The broker's pid, to report its CPU per request too.
@@ -76,6 +78,10 @@ struct Args {
     /// healthy), and its ratio to the same without the spool.
     #[arg(long)]
     spool: bool,
+    /// Instead of the comparison: push this many requests through one reviewloop diverting
+    /// 10 % and print its RSS after the warm-up and at the end.
+    #[arg(long, value_name = "REQUESTS")]
+    soak: Option<u64>,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -195,6 +201,32 @@ fn run(
         script: &script,
     };
 
+    if let Some(requests) = args.soak {
+        // `--kafka mock`: librdkafka's mock cluster in this process, so the broker's memory
+        // and CPU stay out of the way.
+        let mock = (args.kafka == "mock")
+            .then(|| soak::MockKafka::start(&review_topic(DIVERT10)))
+            .transpose()?;
+        let brokers = mock.as_ref().map_or(args.kafka.clone(), |m| m.bootstrap());
+        let target = start_reviewloop_target(
+            args,
+            &brokers,
+            reviewloop,
+            upstream,
+            work,
+            children,
+            (DIVERT10, "reviewloop, 10 % diverted", "0.7", None),
+        )?;
+        return soak::soak(
+            &target,
+            &wrk,
+            plan.threads,
+            args.connections,
+            plan.warmup.max(10),
+            requests,
+        );
+    }
+
     let mut targets = vec![Target {
         key: DIRECT,
         label: "direct (no proxy)",
@@ -214,7 +246,6 @@ fn run(
         admin: None,
         review_topic: None,
     });
-    let run_id = std::process::id();
     let mut variants = vec![
         (DIVERT10, "reviewloop, 10 % diverted", "0.7", None),
         (INSPECT, "reviewloop, inspected, 0 % diverted", "0.0", None),
@@ -232,44 +263,16 @@ fn run(
             )),
         ));
     }
-    for (key, label, below, extra) in variants {
-        let topic = format!("bench.review.{run_id}.{key}");
-        let env = [
-            (
-                "REVIEWLOOP__UPSTREAM__URL",
-                format!("http://{}", upstream.addr),
-            ),
-            ("REVIEWLOOP__KAFKA__BROKERS", args.kafka.clone()),
-            ("REVIEWLOOP__KAFKA__REVIEW_TOPIC", topic.clone()),
-            ("REVIEWLOOP__KAFKA__DELIVERY", "async".into()),
-            ("REVIEWLOOP__REVIEW__CONFIDENCE_BELOW", below.into()),
-            ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0.0".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .chain(extra)
-            .chain(args.reviewloop_env.clone())
-            .collect();
-        let Reviewloop {
-            process,
-            data,
-            admin,
-        } = procs::start_reviewloop(
-            key,
+    for spec in variants {
+        targets.push(start_reviewloop_target(
+            args,
+            &args.kafka,
             reviewloop,
-            &env,
-            work.join(format!("{key}.log")),
+            upstream,
+            work,
             children,
-        )?;
-        targets.push(Target {
-            key,
-            label,
-            addr: data,
-            process: Some(process),
-            admin: Some(admin),
-            review_topic: Some(topic),
-        });
+            spec,
+        )?);
     }
     eprintln!("bench: all targets up; warming up {} s each", plan.warmup);
     for target in &targets {
@@ -508,6 +511,65 @@ fn review_counters(target: &Target) -> anyhow::Result<Option<ReviewCounts>> {
         ),
         ..ReviewCounts::default()
     }))
+}
+
+/// The review topic of the reviewloop process `key`.
+fn review_topic(key: &str) -> String {
+    format!("bench.review.{}.{key}", std::process::id())
+}
+
+/// One reviewloop process diverting the responses whose confidence is below `below`.
+fn start_reviewloop_target(
+    args: &Args,
+    brokers: &str,
+    reviewloop: &Path,
+    upstream: &Upstream,
+    work: &Path,
+    children: &Children,
+    (key, label, below, extra): (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<(String, String)>,
+    ),
+) -> anyhow::Result<Target> {
+    let topic = review_topic(key);
+    let env = [
+        (
+            "REVIEWLOOP__UPSTREAM__URL",
+            format!("http://{}", upstream.addr),
+        ),
+        ("REVIEWLOOP__KAFKA__BROKERS", brokers.to_owned()),
+        ("REVIEWLOOP__KAFKA__REVIEW_TOPIC", topic.clone()),
+        ("REVIEWLOOP__KAFKA__DELIVERY", "async".into()),
+        ("REVIEWLOOP__REVIEW__CONFIDENCE_BELOW", below.into()),
+        ("REVIEWLOOP__REVIEW__SAMPLE_PERCENT", "0.0".into()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .chain(extra)
+        .chain(args.reviewloop_env.clone())
+        .collect();
+    let Reviewloop {
+        process,
+        data,
+        admin,
+    } = procs::start_reviewloop(
+        key,
+        reviewloop,
+        &env,
+        work.join(format!("{key}.log")),
+        children,
+    )?;
+    Ok(Target {
+        key,
+        label,
+        addr: data,
+        process: Some(process),
+        admin: Some(admin),
+        review_topic: Some(topic),
+    })
 }
 
 /// Waits until every record reviewloop diverted is delivered or counted as lost; the seconds

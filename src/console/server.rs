@@ -12,12 +12,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use maud::Markup;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::auth::{Auth, CSRF_FIELD, NoIdentity, SignInError};
 use super::config::{AuthMode, ConsoleConfig};
@@ -26,6 +24,7 @@ use super::metrics::{ConsoleMetrics, Refused};
 use super::pages::{self, Flash, Viewer};
 use super::task::{after_action, next_task, submit};
 use super::templates::Form;
+use crate::proxy::{Connections, ServerConfig, Tracked};
 use crate::upstream::{Body, full_body};
 
 /// Every page's policy: scripts and styles from the console only, nothing inline, no frames.
@@ -56,7 +55,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // The proxy's connection deadlines and cap at their defaults (a page is one small head).
+    let connections = Connections::new(&ServerConfig::default(), "console", None);
     tokio::pin!(shutdown);
     info!(address = %listener.local_addr()?, auth = state.auth.mode().as_str(), "console listening");
     loop {
@@ -70,18 +70,19 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
+                let activity = admitted.activity();
                 let state = state.clone();
                 let service = service_fn(move |request| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!(%peer, error = %e, "console connection ended with an error");
+                    let started = activity.request_started();
+                    async move {
+                        let response = handle(&state, request).await;
+                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started)))
                     }
                 });
+                let connection = connections.builder().serve_connection(io, service).into_owned();
+                tokio::spawn(admitted.drive(graceful.watch(connection)));
             }
             () = &mut shutdown => break,
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Problem, duration};
+use crate::settings::{Problem, duration, require, shown};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,7 +19,39 @@ pub struct ServerConfig {
     /// `/readyz` also waits for the Kafka producer to reach a broker. Off by default: a pod
     /// that is not ready gets no inference, and reviews are a side channel.
     pub ready_requires_kafka: bool,
+    /// A new connection's first request head, and any later head once its first byte arrived,
+    /// must be read whole within this (slowloris).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress and no byte received is closed
+    /// after this.
+    #[serde(with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// The longest wait between two reads of a request body (slow uploads) ⇒ 408.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// The longest a write to a client may stay blocked (a client that does not read).
+    #[serde(with = "duration")]
+    pub send_timeout: Duration,
+    /// Open client connections at most; beyond it a new connection is closed at once.
+    pub max_connections: usize,
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2) ⇒ 431.
+    pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    #[serde(with = "duration")]
+    pub h2_keepalive_interval: Duration,
+    #[serde(with = "duration")]
+    pub h2_keepalive_timeout: Duration,
+    /// Streams a client may reset before the proxy accepted them (CVE-2023-44487, rapid
+    /// reset); beyond it the connection gets GOAWAY ENHANCE_YOUR_CALM.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the proxy may reset because of the client's protocol errors (CVE-2025-8671,
+    /// "MadeYouReset") before it closes the connection.
+    pub h2_max_local_error_reset_streams: usize,
 }
+
+/// hyper's smallest HTTP/1 read buffer: a request head limit below it cannot be enforced.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -31,8 +63,32 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             shutdown_grace: Duration::from_secs(30),
             ready_requires_kafka: false,
+            header_read_timeout: default_header_read_timeout(),
+            keepalive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+            max_header_bytes: 64 * 1024,
+            h2_max_concurrent_streams: 128,
+            h2_keepalive_interval: Duration::from_secs(30),
+            h2_keepalive_timeout: Duration::from_secs(20),
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
         }
     }
+}
+
+/// nginx's `client_header_timeout` is 60 s, sized for people on slow links; a sidecar's clients
+/// (a load balancer, SageMaker, services in the same network) send a head in one packet.
+const fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Each client connection may hold a pooled upstream connection too: 4096 clients need about
+/// 8200 descriptors, well under the 65536 or more container runtimes allow; lower it where
+/// `ulimit -n` is smaller.
+const fn default_max_connections() -> usize {
+    4096
 }
 
 impl ServerConfig {
@@ -52,6 +108,70 @@ impl ServerConfig {
                 "must differ from server.listen: metrics never share the data port",
             ));
         }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("keepalive_timeout", self.keepalive_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("send_timeout", self.send_timeout),
+            ("h2_keepalive_interval", self.h2_keepalive_interval),
+            ("h2_keepalive_timeout", self.h2_keepalive_timeout),
+        ] {
+            require(
+                &mut problems,
+                !value.is_zero(),
+                key,
+                shown(value),
+                "must be longer than 0s",
+            );
+        }
+        require(
+            &mut problems,
+            self.max_connections > 0,
+            "max_connections",
+            "0",
+            "must be at least 1",
+        );
+        require(
+            &mut problems,
+            self.max_header_bytes >= MIN_HEADER_BYTES && self.max_header_bytes <= u32::MAX as usize,
+            "max_header_bytes",
+            self.max_header_bytes.to_string(),
+            "must be at least 8192 (hyper's smallest read buffer) and fit in 32 bits",
+        );
+        require(
+            &mut problems,
+            self.h2_max_concurrent_streams > 0,
+            "h2_max_concurrent_streams",
+            "0",
+            "must be at least 1",
+        );
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_zero_limits_are_named() {
+        assert!(ServerConfig::default().check().is_empty());
+        let bad = ServerConfig {
+            header_read_timeout: Duration::ZERO,
+            max_connections: 0,
+            max_header_bytes: 4096,
+            h2_max_concurrent_streams: 0,
+            ..ServerConfig::default()
+        };
+        let keys: Vec<String> = bad.check().iter().map(|p| p.key.clone()).collect();
+        assert_eq!(
+            keys,
+            [
+                "header_read_timeout",
+                "max_connections",
+                "max_header_bytes",
+                "h2_max_concurrent_streams"
+            ]
+        );
     }
 }
