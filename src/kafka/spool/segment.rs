@@ -160,7 +160,7 @@ mod tests {
             time: "2026-12-02T12:00:00.000Z".into(),
             ce_id: format!("ce-{i}"),
             // Every other entry carries a trace context, so both encodings round-trip.
-            traceparent: (i % 2 == 0)
+            traceparent: i.is_multiple_of(2)
                 .then(|| format!("00-{:032x}-00f067aa0ba902b7-01", i + 1)),
             value: value.to_vec(),
         }
