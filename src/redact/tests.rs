@@ -352,8 +352,9 @@ proptest! {
     #[test]
     fn tokens_are_stable_per_key_and_differ_across_keys(
         value in ".{0,40}",
-        key_a in proptest::collection::vec(any::<u8>(), 16..40),
-        key_b in proptest::collection::vec(any::<u8>(), 16..40),
+        // A key file's trailing line ends are not key bytes: keep them off the keys' ends.
+        key_a in proptest::collection::vec(any::<u8>(), 15..39).prop_map(|k| [k, b"k".to_vec()].concat()),
+        key_b in proptest::collection::vec(any::<u8>(), 15..39).prop_map(|k| [k, b"k".to_vec()].concat()),
     ) {
         prop_assume!(key_a != key_b);
         let file_a = key_file(&key_a);
