@@ -116,7 +116,7 @@ pub async fn run(
         review_timeout: config.join.review_timeout,
     };
     let shared = Arc::new(feed::Shared::new(queue::Queue::new(rules)));
-    let publisher = feed::Publisher::new(config.kafka, bootstrap)?;
+    let publisher = crate::kafka::AnswerPublisher::new(config.kafka, bootstrap, "reviewloop-console")?;
     let state = Arc::new(server::State {
         config: config.console.clone(),
         auth,

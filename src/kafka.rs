@@ -3,11 +3,13 @@
 //! and creating topics (the startup check [`ensure_topics`]) and the review sink
 //! ([`ReviewSink`]) with its disk spool (`spool`).
 
+mod answers;
 mod config;
 mod sink;
 mod spool;
 mod topics;
 
+pub use self::answers::AnswerPublisher;
 pub use self::config::{Delivery, EMBEDDED_BROKERS, KafkaConfig, is_secret_option};
 pub use self::sink::ReviewSink;
 #[cfg(feature = "test-util")]

@@ -162,7 +162,7 @@ pub async fn run(
             metrics: bridge_metrics.clone(),
             healthy: ready.clone(),
         };
-        let publisher = bridge::Publisher::new(sections.kafka, bootstrap)?;
+        let publisher = crate::kafka::AnswerPublisher::new(sections.kafka, bootstrap, "reviewloop-label-studio")?;
         let answers = bridge::Answers::new(&context, publisher, sections.review_timeout);
         let imports = bridge::import_reviews(
             &context,

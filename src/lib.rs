@@ -35,7 +35,7 @@
 //!   cards…) run over the record's bodies before it leaves the proxy; fails closed.
 //! - `review`: the pipeline behind the hook: decide, count, build, redact and send the record.
 //! - `kafka`: `[kafka]`, client settings, the embedded broker, CloudEvents headers, topic
-//!   checks, the review sink and its disk spool.
+//!   checks, the review sink and its disk spool, the answer publisher of reviewer front ends.
 //! - `join`: `[join]`, the exactly-once joiner of answers into retraining records.
 //! - `console`: `[console]`, the reviewer console: a work queue rebuilt from the review and
 //!   completed topics, sign-in, task pages per template, answers published to Kafka.

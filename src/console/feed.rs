@@ -15,7 +15,6 @@ use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -23,9 +22,8 @@ use super::metrics::{ConsoleMetrics, Input};
 use super::queue::Queue;
 use crate::join::answer::{parse_completed, parse_review};
 use crate::kafka::{
-    CE_REVIEW_COMPLETED, KafkaConfig, KafkaError, ReaderContext, client_config, cloudevent_headers,
+    KafkaConfig, KafkaError, ReaderContext, client_config,
 };
-use crate::record::CompletedRecord;
 
 /// How long one metadata or watermark request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -293,58 +291,3 @@ fn take(message: &BorrowedMessage<'_>, input: Input, shared: &Shared, metrics: &
     }
 }
 
-/// Publishes reviewers' answers to the completed topic, keyed by id with the producer's
-/// default partitioner (the review topic's), and reports the broker's ack.
-pub struct Publisher {
-    producer: FutureProducer,
-    topic: String,
-    ack_timeout: Duration,
-}
-
-impl Publisher {
-    pub fn new(config: &KafkaConfig, bootstrap: &str) -> Result<Publisher, KafkaError> {
-        // librdkafka gives up on a message when the reviewer stops waiting for it.
-        let timeout_ms = config.ack_timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = client_config(
-            config,
-            bootstrap,
-            &[
-                ("client.id", "reviewloop-console"),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                // A person is waiting: no batching delay.
-                ("linger.ms", "0"),
-                ("message.timeout.ms", timeout_ms.as_str()),
-            ],
-        )
-        .create()
-        .map_err(|e| KafkaError::Config(format!("cannot create the console's producer: {e}")))?;
-        Ok(Publisher {
-            producer,
-            topic: config.completed_topic.clone(),
-            ack_timeout: config.ack_timeout,
-        })
-    }
-
-    /// Sends `record` and waits for the broker's ack (at most `kafka.ack_timeout`).
-    pub async fn publish(&self, record: &CompletedRecord) -> Result<(), String> {
-        let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-        let time = record.answer.submitted_at.clone().unwrap_or_default();
-        let headers = cloudevent_headers(CE_REVIEW_COMPLETED, &record.id, &time);
-        let send = self.producer.send(
-            FutureRecord::to(&self.topic)
-                .key(record.id.as_str())
-                .payload(&payload)
-                .headers(headers),
-            Duration::from_secs(1),
-        );
-        match tokio::time::timeout(self.ack_timeout + Duration::from_secs(1), send).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no acknowledgement within {}",
-                humantime::format_duration(self.ack_timeout)
-            )),
-        }
-    }
-}

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::auth::{Auth, CSRF_FIELD, NoIdentity, SignInError};
 use super::config::{AuthMode, ConsoleConfig};
-use super::feed::{Publisher, Shared};
+use super::feed::Shared;
+use crate::kafka::AnswerPublisher;
 use super::metrics::{ConsoleMetrics, Refused};
 use super::pages::{self, Flash, Viewer};
 use super::task::{after_action, next_task, submit};
@@ -43,7 +44,7 @@ pub struct State {
     pub config: ConsoleConfig,
     pub auth: Auth,
     pub shared: Arc<Shared>,
-    pub publisher: Publisher,
+    pub publisher: AnswerPublisher,
     pub metrics: Arc<ConsoleMetrics>,
 }
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -23,8 +22,8 @@ use super::ledger::{self, Step};
 use super::metrics::{BridgeMetrics, Skip, Source};
 use super::task;
 use crate::join::answer::parse_review;
-use crate::kafka::{CE_REVIEW_COMPLETED, KafkaConfig, KafkaError, client_config, cloudevent_headers};
-use crate::record::{CompletedRecord, rfc3339_millis};
+use crate::kafka::{AnswerPublisher, KafkaConfig, KafkaError, client_config};
+use crate::record::rfc3339_millis;
 
 /// The catch-up reads again what changed this long before its cursor: a transaction that
 /// committed late is not missed (the ledger makes a second look harmless).
@@ -186,64 +185,11 @@ async fn import_one(
     }
 }
 
-/// Publishes answers to the completed topic, keyed by id (the joiner's partitioning), and
-/// waits for the broker's ack.
-pub struct Publisher {
-    producer: FutureProducer,
-    topic: String,
-    ack_timeout: Duration,
-}
-
-impl Publisher {
-    pub fn new(config: &KafkaConfig, bootstrap: &str) -> Result<Publisher, KafkaError> {
-        let timeout_ms = config.ack_timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = client_config(
-            config,
-            bootstrap,
-            &[
-                ("client.id", "reviewloop-label-studio"),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", "0"),
-                ("message.timeout.ms", timeout_ms.as_str()),
-            ],
-        )
-        .create()
-        .map_err(|e| KafkaError::Config(format!("cannot create the bridge's producer: {e}")))?;
-        Ok(Publisher {
-            producer,
-            topic: config.completed_topic.clone(),
-            ack_timeout: config.ack_timeout,
-        })
-    }
-
-    async fn publish(&self, record: &CompletedRecord) -> Result<(), String> {
-        let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-        let time = record
-            .answer
-            .submitted_at
-            .clone()
-            .unwrap_or_else(|| rfc3339_millis(SystemTime::now()));
-        let headers = cloudevent_headers(CE_REVIEW_COMPLETED, &record.id, &time);
-        let send = self.producer.send(
-            FutureRecord::to(&self.topic)
-                .key(record.id.as_str())
-                .payload(&payload)
-                .headers(headers),
-            Duration::from_secs(1),
-        );
-        match tokio::time::timeout(self.ack_timeout + Duration::from_secs(1), send).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("no acknowledgement in time".into()),
-        }
-    }
-}
 
 /// Annotations → answers: the worker.
 pub struct Answers<'a> {
     context: &'a Context,
-    publisher: Publisher,
+    publisher: AnswerPublisher,
     /// The catch-up's cursor: the newest task change it has handled (Label Studio's clock).
     cursor: SystemTime,
     emails: HashMap<u64, String>,
@@ -258,7 +204,7 @@ struct Again;
 impl<'a> Answers<'a> {
     /// The catch-up starts `lookback` ago (answers older than `join.review_timeout` would be
     /// dead letters anyway).
-    pub fn new(context: &'a Context, publisher: Publisher, lookback: Duration) -> Answers<'a> {
+    pub fn new(context: &'a Context, publisher: AnswerPublisher, lookback: Duration) -> Answers<'a> {
         Answers {
             context,
             publisher,
