@@ -49,6 +49,44 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The non-blank string leaves of a JSON body with their paths (`inputs`,
+    /// `messages[1].content`), at most `max`: what a person reads of a JSON input. None for a
+    /// body that is not JSON.
+    pub fn text_fields(&self, max: usize) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        if self.encoding == Encoding::Json {
+            collect_text_fields(&self.body, String::new(), max, &mut fields);
+        }
+        fields
+    }
+}
+
+fn collect_text_fields(value: &Value, path: String, max: usize, out: &mut Vec<(String, String)>) {
+    if out.len() >= max {
+        return;
+    }
+    match value {
+        Value::String(text) if !text.trim().is_empty() => out.push((path, text.clone())),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_text_fields(item, format!("{path}[{i}]"), max, out);
+            }
+        }
+        Value::Object(object) => {
+            for (key, item) in object {
+                let inner = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                collect_text_fields(item, inner, max, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Payload {
     /// JSON when the content type says so and the bytes parse; else UTF-8 text; else base64.
     /// A truncated JSON body fails to parse and is kept as text, never silently altered.
     pub fn from_bytes(content_type: Option<&str>, bytes: &[u8]) -> Payload {

@@ -102,8 +102,7 @@ const MAX_TEXT_FIELDS: usize = 12;
 pub fn payload_view(payload: &Payload, what: &str) -> Markup {
     match payload.encoding {
         Encoding::Json => {
-            let mut fields = Vec::new();
-            text_fields(&payload.body, String::new(), &mut fields);
+            let fields = payload.text_fields(MAX_TEXT_FIELDS);
             let pretty = serde_json::to_string_pretty(&payload.body).unwrap_or_default();
             html! {
                 @for (path, text) in fields.iter().take(MAX_TEXT_FIELDS) {
@@ -131,32 +130,6 @@ pub fn payload_view(payload: &Payload, what: &str) -> Markup {
                 }
             }
         }
-    }
-}
-
-/// String leaves of a JSON value with their paths (`inputs`, `messages[1].content`).
-fn text_fields(value: &Value, path: String, out: &mut Vec<(String, String)>) {
-    if out.len() >= MAX_TEXT_FIELDS {
-        return;
-    }
-    match value {
-        Value::String(text) if !text.trim().is_empty() => out.push((path, text.clone())),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                text_fields(item, format!("{path}[{i}]"), out);
-            }
-        }
-        Value::Object(object) => {
-            for (key, item) in object {
-                let inner = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                text_fields(item, inner, out);
-            }
-        }
-        _ => {}
     }
 }
 

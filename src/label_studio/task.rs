@@ -105,8 +105,7 @@ fn model_text(record: &ReviewRecord, kind: Kind) -> Option<String> {
 pub fn input_text(payload: &Payload) -> String {
     match payload.encoding {
         Encoding::Json => {
-            let mut fields = Vec::new();
-            text_fields(&payload.body, String::new(), &mut fields);
+            let fields = payload.text_fields(MAX_TEXT_FIELDS);
             match fields.as_slice() {
                 [] => serde_json::to_string_pretty(&payload.body).unwrap_or_default(),
                 [(_, text)] => text.clone(),
@@ -129,32 +128,6 @@ pub fn input_text(payload: &Payload) -> String {
                     .unwrap_or_default()
             )
         }
-    }
-}
-
-/// String leaves of a JSON value with their paths (`inputs`, `messages[1].content`).
-fn text_fields(value: &Value, path: String, out: &mut Vec<(String, String)>) {
-    if out.len() >= MAX_TEXT_FIELDS {
-        return;
-    }
-    match value {
-        Value::String(text) if !text.trim().is_empty() => out.push((path, text.clone())),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                text_fields(item, format!("{path}[{i}]"), out);
-            }
-        }
-        Value::Object(object) => {
-            for (key, item) in object {
-                let inner = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                text_fields(item, inner, out);
-            }
-        }
-        _ => {}
     }
 }
 
