@@ -1,17 +1,15 @@
 //! The admin server: `/metrics`, `/healthz`, `/readyz`, never on the data port.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::proxy::{Connections, ServerConfig, Tracked};
+use crate::proxy::{Connections, ServerConfig, serve_connections};
 use crate::upstream::{Body, full_body};
 
 /// Whether the process is ready for traffic (listening, and Kafka metadata fetched).
@@ -27,26 +25,10 @@ pub async fn serve(
     info!(address = %listener.local_addr()?, "admin listening");
     // The proxy's connection deadlines and cap at their defaults: a scraper never needs more.
     let connections = Connections::new(&ServerConfig::default(), "admin", None);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
-                let activity = admitted.activity();
-                let metrics = metrics.clone();
-                let ready = ready.clone();
-                let service = service_fn(move |request| {
-                    let started = activity.request_started();
-                    let response = answer(&request, &metrics, &ready);
-                    async move { Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started))) }
-                });
-                let connection = connections.builder().serve_connection(io, service).into_owned();
-                tokio::spawn(admitted.drive(connection));
-            }
-            () = &mut shutdown => return Ok(()),
-        }
-    }
+    let handler = move |request: Request<Incoming>| {
+        std::future::ready(answer(&request, &metrics, &ready))
+    };
+    serve_connections(listener, &connections, "admin", handler, None, shutdown).await
 }
 
 fn answer(request: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Body> {

@@ -11,13 +11,13 @@
 //!    diverted. Any other body (server-sent events, chunked, larger) streams frame by frame; at
 //!    its end the copy goes to the hook, which can no longer change the response.
 
+mod accept;
 mod config;
 mod decode;
 pub mod headers;
 mod limits;
 mod tap;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,15 +28,14 @@ use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use self::accept::serve_connections;
 pub use self::config::ServerConfig;
 pub use self::decode::{DecodeError, decode};
-pub use self::limits::{Connections, Tracked};
+pub use self::limits::Connections;
 use self::limits::StallTimeout;
 use self::headers::{
     X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
@@ -525,48 +524,12 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let grace = proxy.settings.shutdown_grace;
-    let graceful = GracefulShutdown::new();
-    let connections = proxy.connections.clone();
-    tokio::pin!(shutdown);
     info!(address = %listener.local_addr()?, "proxy listening");
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
-                let activity = admitted.activity();
-                let proxy = proxy.clone();
-                let service = service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    let started = activity.request_started();
-                    async move {
-                        let response = proxy.handle(request).await;
-                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started)))
-                    }
-                });
-                let connection = connections.builder().serve_connection(io, service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(admitted.drive(connection));
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    info!("proxy stopped accepting; finishing in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
-    }
-    Ok(())
+    let grace = proxy.settings.shutdown_grace;
+    let connections = proxy.connections.clone();
+    let handler = move |request| {
+        let proxy = proxy.clone();
+        async move { proxy.handle(request).await }
+    };
+    serve_connections(listener, &connections, "proxy", handler, Some(grace), shutdown).await
 }

@@ -1,7 +1,6 @@
 //! The console's web server: the routes, an identity and a CSRF check before anything is
 //! shown or changed, and security headers (a strict Content-Security-Policy) on every answer.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,11 +10,9 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::server::graceful::GracefulShutdown;
 use maud::Markup;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::auth::{Auth, CSRF_FIELD, NoIdentity, SignInError};
 use super::config::{AuthMode, ConsoleConfig};
@@ -25,7 +22,7 @@ use super::metrics::{ConsoleMetrics, Refused};
 use super::pages::{self, Flash, Viewer};
 use super::task::{after_action, next_task, submit};
 use super::templates::Form;
-use crate::proxy::{Connections, ServerConfig, Tracked};
+use crate::proxy::{Connections, ServerConfig, serve_connections};
 use crate::upstream::{Body, full_body};
 
 /// Every page's policy: scripts and styles from the console only, nothing inline, no frames.
@@ -55,47 +52,14 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
     // The proxy's connection deadlines and cap at their defaults (a page is one small head).
     let connections = Connections::new(&ServerConfig::default(), "console", None);
-    tokio::pin!(shutdown);
     info!(address = %listener.local_addr()?, auth = state.auth.mode().as_str(), "console listening");
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "console accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some((io, admitted)) = connections.admit(stream, peer) else { continue };
-                let activity = admitted.activity();
-                let state = state.clone();
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    let started = activity.request_started();
-                    async move {
-                        let response = handle(&state, request).await;
-                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, started)))
-                    }
-                });
-                let connection = connections.builder().serve_connection(io, service).into_owned();
-                tokio::spawn(admitted.drive(graceful.watch(connection)));
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("console requests still open when the shutdown grace ran out");
-    }
-    Ok(())
+    let handler = move |request| {
+        let state = state.clone();
+        async move { handle(&state, request).await }
+    };
+    serve_connections(listener, &connections, "console", handler, Some(grace), shutdown).await
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
