@@ -41,7 +41,8 @@
 //! - [`auth`]: identities (header, tokens, none), sessions, CSRF tokens.
 //! - [`prediction`] (shared with the joiner): the model's labels, text and JSON as the task
 //!   page shows them (pure).
-//! - [`templates`]: one renderer per kind of task (classify, text, json).
+//! - [`templates`]: one renderer per kind of task (classify, text, json, boxes, document).
+//! - [`media`]: the image or audio of an input, found in the record and served from it.
 //! - [`pages`]: the HTML pages; `assets/` the script and the style sheet.
 //! - [`server`]: the HTTP routes, identity and CSRF checks, security headers.
 //! - [`task`]: the task flow: the next item, an answer taken once, published, acknowledged.
@@ -50,6 +51,7 @@
 mod auth;
 pub mod config;
 mod feed;
+mod media;
 mod metrics;
 mod pages;
 mod queue;
@@ -123,6 +125,7 @@ pub async fn run(
         shared: shared.clone(),
         publisher,
         metrics: console_metrics.clone(),
+        policy: server::content_security_policy(config.console),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();

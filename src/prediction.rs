@@ -191,10 +191,18 @@ fn generated_text(body: &Value) -> Option<String> {
             .or_else(|| choice.get("text"));
         return content.and_then(Value::as_str).map(str::to_owned);
     }
+    // Amazon Transcribe's transcript.
+    if let Some(transcript) = body.pointer("/results/transcripts/0/transcript") {
+        return transcript.as_str().map(str::to_owned);
+    }
     let first = match body {
         Value::Array(items) => items.first()?,
         other => other,
     };
+    // Whisper (OpenAI's transcription API, Hugging Face's speech recognition): {"text": …}.
+    if let Some(Value::String(text)) = first.get("text") {
+        return Some(text.clone());
+    }
     ["generated_text", "summary_text", "translation_text"]
         .iter()
         .find_map(|key| first.get(key).and_then(Value::as_str))

@@ -47,6 +47,14 @@ pub enum TemplateKind {
     Text,
     /// Edit the model's JSON answer: the answer is the edited JSON value.
     Json,
+    /// The input image with each detection drawn over it (Rekognition labels with boxes or
+    /// moderation labels, or `detections`), each confirmed or rejected: answer
+    /// `{"detections": [{…, "verdict": "confirmed"|"rejected"}]}`. `moderation` names it too.
+    #[serde(alias = "moderation")]
+    Boxes,
+    /// A Textract AnalyzeDocument answer on its page: the key-value pairs, each editable, the
+    /// ones below `highlight_below` marked: answer `{"pairs": [{"key", "value", …}]}`.
+    Document,
 }
 
 impl TemplateKind {
@@ -56,6 +64,8 @@ impl TemplateKind {
             TemplateKind::Classify => "classify",
             TemplateKind::Text => "text",
             TemplateKind::Json => "json",
+            TemplateKind::Boxes => "boxes",
+            TemplateKind::Document => "document",
         }
     }
 }
@@ -89,6 +99,17 @@ pub struct ConsoleConfig {
     /// path template such as `/invocations`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteSettings>,
+    /// Origins (`https://host[:port]`) whose image and audio URLs in inputs the reviewer's
+    /// browser may load; any other URL is shown as text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub media_origins: Vec<String>,
+    /// `boxes`: a JMESPath expression giving the model's detections as a list of
+    /// `{label, score, box}` (box `[xmin, ymin, xmax, ymax]` in fractions of the image), for
+    /// answers that are not Rekognition's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<String>,
+    /// `document`: key-value pairs the model read with less confidence than this are marked.
+    pub highlight_below: f64,
 }
 
 impl Default for ConsoleConfig {
@@ -108,6 +129,9 @@ impl Default for ConsoleConfig {
             instructions: String::new(),
             labels: Vec::new(),
             routes: BTreeMap::new(),
+            media_origins: Vec::new(),
+            detections: None,
+            highlight_below: DEFAULT_HIGHLIGHT_BELOW,
         }
     }
 }
@@ -122,6 +146,12 @@ pub struct RouteSettings {
     pub instructions: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_origins: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlight_below: Option<f64>,
 }
 
 /// A route's effective settings.
@@ -130,7 +160,19 @@ pub struct RouteView<'a> {
     pub template: TemplateKind,
     pub instructions: &'a str,
     pub labels: &'a [String],
+    pub media: MediaView<'a>,
 }
+
+/// A route's settings for images, audio and documents.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MediaView<'a> {
+    pub origins: &'a [String],
+    pub detections: Option<&'a str>,
+    pub highlight_below: f64,
+}
+
+/// Textract's confident fields are read at 95 % and above; a field under 90 % is worth a look.
+pub const DEFAULT_HIGHLIGHT_BELOW: f64 = 0.9;
 
 /// Identities and labels longer than this are refused (they end up in records and pages).
 pub const MAX_NAME_CHARS: usize = 128;
@@ -147,7 +189,33 @@ impl ConsoleConfig {
             labels: settings
                 .and_then(|s| s.labels.as_deref())
                 .unwrap_or(&self.labels),
+            media: MediaView {
+                origins: settings
+                    .and_then(|s| s.media_origins.as_deref())
+                    .unwrap_or(&self.media_origins),
+                detections: settings
+                    .and_then(|s| s.detections.as_deref())
+                    .or(self.detections.as_deref()),
+                highlight_below: settings
+                    .and_then(|s| s.highlight_below)
+                    .unwrap_or(self.highlight_below),
+            },
         }
+    }
+
+    /// Every media origin of any route, for the pages' Content-Security-Policy.
+    pub fn all_media_origins(&self) -> Vec<&str> {
+        let mut origins: Vec<&str> = self
+            .routes
+            .values()
+            .filter_map(|r| r.media_origins.as_deref())
+            .chain([self.media_origins.as_slice()])
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        origins.sort_unstable();
+        origins.dedup();
+        origins
     }
 
     /// Every problem of the section, each named by its key and value.
@@ -213,6 +281,13 @@ impl ConsoleConfig {
             }
         }
         check_labels("", self.template, &self.labels, &mut bad);
+        super::media::check(
+            "",
+            Some(&self.media_origins),
+            self.detections.as_deref(),
+            Some(self.highlight_below),
+            &mut bad,
+        );
         for (name, route) in &self.routes {
             let prefix = format!("routes.{}.", table_key(name));
             if name.trim().is_empty() {
@@ -226,6 +301,13 @@ impl ConsoleConfig {
             if let Some(labels) = &route.labels {
                 check_labels(&prefix, template, labels, &mut bad);
             }
+            super::media::check(
+                &prefix,
+                route.media_origins.as_deref(),
+                route.detections.as_deref(),
+                route.highlight_below,
+                &mut bad,
+            );
         }
         problems
     }

@@ -23,12 +23,28 @@ use super::pages::{self, Flash, Viewer};
 use super::task::{after_action, next_task, submit};
 use super::templates::Form;
 use crate::proxy::{Connections, ServerConfig, serve_connections};
+use crate::record::ReviewRecord;
 use crate::upstream::{Body, full_body};
 
-/// Every page's policy: scripts and styles from the console only, nothing inline, no frames.
+/// Every page's policy: scripts and styles from the console only, nothing inline, no frames;
+/// images and audio from the console (its media route) and the configured `media_origins`.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; \
-     base-uri 'none'";
+     style-src 'self'; img-src 'self' data:; media-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
+/// The pages' policy with the media origins of every route allowed for images and audio.
+pub fn content_security_policy(config: &ConsoleConfig) -> HeaderValue {
+    let origins: String = config
+        .all_media_origins()
+        .iter()
+        .map(|origin| format!(" {origin}"))
+        .collect();
+    let policy = CONTENT_SECURITY_POLICY
+        .replace("img-src 'self' data:;", &format!("img-src 'self' data:{origins};"))
+        .replace("media-src 'self';", &format!("media-src 'self'{origins};"));
+    // The config check accepts only origins that are header-safe.
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(CONTENT_SECURITY_POLICY))
+}
 
 /// A form (an answer included) is at most this large.
 const MAX_FORM_BYTES: usize = 1024 * 1024;
@@ -43,6 +59,8 @@ pub struct State {
     pub shared: Arc<Shared>,
     pub publisher: AnswerPublisher,
     pub metrics: Arc<ConsoleMetrics>,
+    /// [`content_security_policy`] of the config.
+    pub policy: HeaderValue,
 }
 
 /// Serves the console until `shutdown`, then lets open requests finish within `grace`.
@@ -66,8 +84,11 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let mut response = route(state, &parts, body).await;
     let headers = response.headers_mut();
+    // The media route sets its own, stricter policy.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(state.policy.clone());
     for (name, value) in [
-        ("content-security-policy", CONTENT_SECURITY_POLICY),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
@@ -189,6 +210,7 @@ async fn route(state: &State, parts: &Parts, body: Incoming) -> Response<Body> {
             };
             next_task(state, viewer, query.get("route"), flash)
         }
+        ("/media", None) => media(state, query.get("id")),
         ("/answer", Some(form)) => submit(state, viewer, &form).await,
         ("/skip", Some(form)) => {
             if let Some(id) = form.get("id") {
@@ -197,6 +219,15 @@ async fn route(state: &State, parts: &Parts, body: Incoming) -> Response<Body> {
             redirect(&after_action(form.get("route"), "skipped"))
         }
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// An open item's image or audio, for the task page (any signed-in reviewer, open items only).
+fn media(state: &State, id: Option<&str>) -> Response<Body> {
+    let bytes = id.and_then(|id| lock(state).get(id).map(|(bytes, _, _)| bytes.clone()));
+    match bytes.and_then(|bytes| serde_json::from_slice::<ReviewRecord>(&bytes).ok()) {
+        Some(record) => super::media::response(&record),
+        None => plain(StatusCode::NOT_FOUND, "no open item with this id\n"),
     }
 }
 

@@ -5,7 +5,9 @@
 //! Everything is rendered with maud, which escapes every interpolated string: model output and
 //! request bodies are attacker-controlled and never reach the page as markup.
 
+mod boxes;
 mod classify;
+mod document;
 mod json;
 mod text;
 
@@ -69,7 +71,7 @@ impl<'a> Task<'a> {
 pub trait Template: Sync {
     /// The request as the reviewer reads it.
     fn input(&self, task: &Task<'_>) -> Markup {
-        payload_view(&task.record.request, "Request")
+        super::media::input_view(task, None)
     }
 
     /// What the model answered, in the reviewer's terms.
@@ -91,6 +93,8 @@ pub fn template(kind: TemplateKind) -> &'static dyn Template {
         TemplateKind::Classify | TemplateKind::Auto => &classify::Classify,
         TemplateKind::Text => &text::Text,
         TemplateKind::Json => &json::Json,
+        TemplateKind::Boxes => &boxes::Boxes,
+        TemplateKind::Document => &document::Document,
     }
 }
 
@@ -164,6 +168,10 @@ mod tests {
             template,
             instructions: "",
             labels,
+            media: crate::console::config::MediaView {
+                highlight_below: crate::console::config::DEFAULT_HIGHLIGHT_BELOW,
+                ..Default::default()
+            },
         }
     }
 

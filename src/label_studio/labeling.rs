@@ -58,6 +58,11 @@ pub fn route_kind(console: &ConsoleConfig, route: &str) -> Result<(Kind, Vec<Str
         TemplateKind::Classify => Err(format!(
             "a classify task needs its labels: set {where_}, or give label_studio.label_config"
         )),
+        TemplateKind::Boxes | TemplateKind::Document => Err(format!(
+            "the console's \"{}\" template has no generated Label Studio config: give \
+             label_studio.label_config",
+            view.template.as_str()
+        )),
         TemplateKind::Auto => Err(format!(
             "the console's template is \"auto\" with no labels, which Label Studio cannot show: \
              set {where_}, a template (\"text\" or \"json\"), or label_studio.label_config"

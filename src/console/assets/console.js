@@ -114,4 +114,23 @@
     };
     tick();
   }
+
+  // Images with detections or a document's fields: a rejected detection is drawn struck out,
+  // and the box of the row under the pointer or the focus stands out.
+  Array.prototype.forEach.call(document.querySelectorAll("[data-area]"), function (row) {
+    var area = document.getElementById(row.getAttribute("data-area"));
+    if (!area) return;
+    var sync = function () {
+      var rejected = row.querySelector('input[value="rejected"]:checked') !== null;
+      area.classList.toggle("rejected", rejected);
+      row.classList.toggle("rejected", rejected);
+    };
+    row.addEventListener("change", sync);
+    sync();
+    var focus = function (on) { return function () { area.classList.toggle("focus", on); }; };
+    row.addEventListener("mouseenter", focus(true));
+    row.addEventListener("mouseleave", focus(false));
+    row.addEventListener("focusin", focus(true));
+    row.addEventListener("focusout", focus(false));
+  });
 })();
