@@ -428,6 +428,72 @@ mod tests {
     }
 
     #[test]
+    fn media_settings_are_checked_and_inherited() {
+        let config = load(
+            r#"
+            [console]
+            media_origins = ["https://images.example.com"]
+            highlight_below = 0.8
+            [console.routes.detect]
+            template = "moderation"
+            detections = "predictions[*].{label: name, score: p, box: xyxy}"
+            [console.routes.forms]
+            template = "document"
+            media_origins = ["http://127.0.0.1:9000"]
+            highlight_below = 0.95
+            "#,
+        )
+        .unwrap();
+        let console = &config.console;
+        let detect = console.route("detect");
+        assert_eq!(detect.template, TemplateKind::Boxes, "moderation names boxes");
+        assert_eq!(detect.media.origins, ["https://images.example.com"]);
+        assert_eq!(detect.media.highlight_below, 0.8);
+        assert!(detect.media.detections.unwrap().starts_with("predictions"));
+        let forms = console.route("forms");
+        assert_eq!(forms.media.origins, ["http://127.0.0.1:9000"]);
+        assert_eq!(forms.media.highlight_below, 0.95);
+        assert_eq!(
+            console.all_media_origins(),
+            ["http://127.0.0.1:9000", "https://images.example.com"]
+        );
+        let policy = crate::console::server::content_security_policy(console);
+        let policy = policy.to_str().unwrap();
+        assert!(
+            policy.contains(
+                "img-src 'self' data: http://127.0.0.1:9000 https://images.example.com;"
+            ),
+            "{policy}"
+        );
+        assert!(
+            policy.contains("media-src 'self' http://127.0.0.1:9000 https://images.example.com;"),
+            "{policy}"
+        );
+
+        let problems = load(
+            r#"
+            [console]
+            media_origins = ["https://images.example.com/cats", "ftp://x", "*"]
+            [console.routes.detect]
+            detections = "predictions[*"
+            highlight_below = 90
+            "#,
+        )
+        .unwrap_err();
+        let text = problems.join("\n");
+        for expected in [
+            "console.media_origins = \"https://images.example.com/cats\": an origin is",
+            "console.media_origins = \"ftp://x\"",
+            "console.media_origins = \"*\"",
+            "console.routes.detect.detections = \"predictions[*\": not a JMESPath expression",
+            "console.routes.detect.highlight_below = 90: a confidence between 0 and 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert_eq!(problems.len(), 5, "{text}");
+    }
+
+    #[test]
     fn tokens_need_a_readable_token_file() {
         let problems = load("[console]\nauth = \"tokens\"\n").unwrap_err();
         assert_eq!(

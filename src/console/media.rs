@@ -226,7 +226,9 @@ fn kind_by_extension(url: &str) -> Option<Kind> {
 pub fn origin(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') {
+    // A host name or address and a port: nothing that could end a CSP source list.
+    let host_chars = |c: char| c.is_ascii_alphanumeric() || "-.:[]".contains(c);
+    if authority.is_empty() || !authority.chars().all(host_chars) {
         return None;
     }
     Some(format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
@@ -537,6 +539,7 @@ mod tests {
         assert!(allowed("https://CDN.example.com/x.png", &allowed_origins));
         assert!(!allowed("https://cdn.example.com.evil.org/x.png", &allowed_origins));
         assert!(!allowed("https://user@cdn.example.com/x.png", &allowed_origins));
+        assert_eq!(origin("https://a.example;script-src *"), None);
         // Plain text and short strings are not media.
         let text = serde_json::json!({"inputs": "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="});
         let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
