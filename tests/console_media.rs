@@ -767,3 +767,93 @@ async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
     browser.quit().await;
     console.stop().await.unwrap();
 }
+
+/// An image server that answers every request with `image` and counts them.
+fn image_server(image: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n",
+                image.len()
+            );
+            let _ = stream.write_all(&image);
+        }
+    });
+    (origin, calls)
+}
+
+#[tokio::test]
+async fn an_image_url_is_loaded_only_from_an_allowed_origin() {
+    let Some(browser) = browser::launch().await else {
+        return;
+    };
+    let cluster = Cluster::mock();
+    let mut config = cluster.config();
+    with_template(&mut config, TemplateKind::Boxes, "");
+    let image = png(40, 30, |_, _| IMAGE_COLOUR);
+    let (allowed, allowed_calls) = image_server(image.clone());
+    let (elsewhere, elsewhere_calls) = image_server(image);
+    config.console.media_origins = vec![allowed.clone()];
+    let labels = rekognition_labels();
+    let by_url = |id: &str, origin: &str| {
+        let body = json!({"url": format!("{origin}/photos/cat.png"), "threshold": 0.5});
+        record(id, "application/json", body.to_string().as_bytes(), &labels)
+    };
+    produce(
+        &cluster,
+        &config,
+        &[by_url("allowed", &allowed), by_url("elsewhere", &elsewhere)],
+    );
+    let console = TestConsole::start(&config).await;
+    browser.sign_in(&console.url, "alice", None).await;
+
+    browser.goto(&format!("{}/task", console.url)).await;
+    wait_until(
+        &browser,
+        "document.querySelector('#input-image')?.naturalWidth === 40",
+    )
+    .await;
+    assert!(allowed_calls.load(Ordering::SeqCst) >= 1);
+    browser.find("#skip").await.click().await.unwrap();
+    browser.wait_path("/task?skipped=1").await;
+    assert_eq!(
+        browser
+            .find("#answer-form input[name=id]")
+            .await
+            .attr("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("elsewhere")
+    );
+    let note = browser.text(".media-note").await;
+    assert!(
+        note.contains(&format!("{elsewhere}/photos/cat.png")) && note.contains("does not load it"),
+        "{note}"
+    );
+    assert_eq!(
+        browser
+            .execute("return document.querySelectorAll('#input-image').length")
+            .await,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        elsewhere_calls.load(Ordering::SeqCst),
+        0,
+        "the browser never fetched it"
+    );
+
+    browser.quit().await;
+    console.stop().await.unwrap();
+}

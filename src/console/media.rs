@@ -16,6 +16,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use maud::{Markup, html};
 use serde_json::Value;
 
+use super::config::TemplateKind;
 use super::templates::{Task, payload_view};
 use crate::prediction;
 use crate::record::{Encoding, Payload, ReviewRecord};
@@ -220,6 +221,31 @@ fn kind_by_extension(url: &str) -> Option<Kind> {
         "wav" | "mp3" | "ogg" | "oga" | "flac" | "m4a" => Some(Kind::Audio),
         _ => None,
     }
+}
+
+/// `auto` for media tasks: `document` for a Textract answer with form fields, `boxes` for
+/// Rekognition detections (labels with boxes, moderation or custom labels) of an image input;
+/// `None` leaves the choice to the other templates.
+pub fn auto_kind(record: &ReviewRecord) -> Option<TemplateKind> {
+    let response = prediction::json_of(&record.response.payload)?;
+    let has = |key: &str| response.get(key).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let key_values = response
+        .get("Blocks")
+        .and_then(Value::as_array)
+        .is_some_and(|blocks| blocks.iter().any(|b| b["BlockType"] == "KEY_VALUE_SET"));
+    if key_values {
+        return Some(TemplateKind::Document);
+    }
+    let boxed_labels = response
+        .get("Labels")
+        .and_then(Value::as_array)
+        .is_some_and(|labels| labels.iter().any(|l| l.get("Instances").is_some()));
+    let image = matches!(
+        find(&record.request),
+        Some(Source::Media(Media { kind: Kind::Image, .. }) | Source::Url { kind: Kind::Image, .. })
+    );
+    (image && (boxed_labels || has("ModerationLabels") || has("CustomLabels")))
+        .then_some(TemplateKind::Boxes)
 }
 
 /// `scheme://host[:port]` of an absolute URL, lower-cased.
@@ -544,6 +570,42 @@ mod tests {
         let text = serde_json::json!({"inputs": "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="});
         let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
         assert_eq!(find(&payload), None);
+    }
+
+    #[test]
+    fn auto_shows_rekognition_and_textract_answers_with_their_templates() {
+        let record = |request: Payload, response: Value| ReviewRecord {
+            id: "r".into(),
+            time: String::new(),
+            route: "/invocations".into(),
+            request,
+            response: crate::record::ResponsePayload {
+                status: 200,
+                payload: Payload::from_bytes(
+                    Some("application/json"),
+                    response.to_string().as_bytes(),
+                ),
+            },
+            confidence: None,
+            reasons: vec![],
+            sample_percent: 1.0,
+            conditions: vec![],
+            model: Default::default(),
+            truncated: false,
+            traceparent: None,
+            redaction: None,
+        };
+        let image = || Payload::from_bytes(Some("image/png"), PNG_HEAD);
+        let labels = serde_json::json!({"Labels": [{"Name": "Dog", "Confidence": 90.0, "Instances": []}]});
+        assert_eq!(auto_kind(&record(image(), labels.clone())), Some(TemplateKind::Boxes));
+        let moderation = serde_json::json!({"ModerationLabels": [{"Name": "Violence", "Confidence": 70.0}]});
+        assert_eq!(auto_kind(&record(image(), moderation)), Some(TemplateKind::Boxes));
+        let text = Payload::from_bytes(Some("application/json"), br#"{"inputs":"a dog"}"#);
+        assert_eq!(auto_kind(&record(text.clone(), labels)), None, "no image, no boxes");
+        let forms = serde_json::json!({"Blocks": [{"BlockType": "KEY_VALUE_SET", "Id": "k"}]});
+        assert_eq!(auto_kind(&record(text.clone(), forms)), Some(TemplateKind::Document));
+        let classes = serde_json::json!([{"label": "a", "score": 0.5}]);
+        assert_eq!(auto_kind(&record(image(), classes)), None);
     }
 
     #[test]

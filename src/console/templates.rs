@@ -56,6 +56,11 @@ impl<'a> Task<'a> {
 
     /// The template kind this item is shown with (`auto` resolved by what the model answered).
     pub fn kind(&self) -> TemplateKind {
+        if self.route.template == TemplateKind::Auto
+            && let Some(kind) = super::media::auto_kind(self.record)
+        {
+            return kind;
+        }
         match self.route.template {
             TemplateKind::Auto if !self.choices.is_empty() => TemplateKind::Classify,
             TemplateKind::Auto if prediction::text(&self.record.response.payload).is_some() => {
