@@ -104,8 +104,8 @@ pub struct ConsoleConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub media_origins: Vec<String>,
     /// `boxes`: a JMESPath expression giving the model's detections as a list of
-    /// `{label, score, box}` (box `[xmin, ymin, xmax, ymax]` in fractions of the image), for
-    /// answers that are not Rekognition's.
+    /// `{label, score, box}` (box `[xmin, ymin, xmax, ymax]` in fractions of the image, or in
+    /// pixels), for answers that are not Rekognition's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detections: Option<String>,
     /// `document`: key-value pairs the model read with less confidence than this are marked.

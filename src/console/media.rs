@@ -499,6 +499,30 @@ mod tests {
 
     const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\x90\0\0\x01\x2c\x08\x02\0\0\0";
 
+    fn record(request: Payload, response: Value) -> ReviewRecord {
+        ReviewRecord {
+            id: "r".into(),
+            time: String::new(),
+            route: "/invocations".into(),
+            request,
+            response: crate::record::ResponsePayload {
+                status: 200,
+                payload: Payload::from_bytes(
+                    Some("application/json"),
+                    response.to_string().as_bytes(),
+                ),
+            },
+            confidence: None,
+            reasons: vec![],
+            sample_percent: 1.0,
+            conditions: vec![],
+            model: Default::default(),
+            truncated: false,
+            traceparent: None,
+            redaction: None,
+        }
+    }
+
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
@@ -574,27 +598,6 @@ mod tests {
 
     #[test]
     fn auto_shows_rekognition_and_textract_answers_with_their_templates() {
-        let record = |request: Payload, response: Value| ReviewRecord {
-            id: "r".into(),
-            time: String::new(),
-            route: "/invocations".into(),
-            request,
-            response: crate::record::ResponsePayload {
-                status: 200,
-                payload: Payload::from_bytes(
-                    Some("application/json"),
-                    response.to_string().as_bytes(),
-                ),
-            },
-            confidence: None,
-            reasons: vec![],
-            sample_percent: 1.0,
-            conditions: vec![],
-            model: Default::default(),
-            truncated: false,
-            traceparent: None,
-            redaction: None,
-        };
         let image = || Payload::from_bytes(Some("image/png"), PNG_HEAD);
         let labels = serde_json::json!({"Labels": [{"Name": "Dog", "Confidence": 90.0, "Instances": []}]});
         assert_eq!(auto_kind(&record(image(), labels.clone())), Some(TemplateKind::Boxes));
@@ -606,6 +609,18 @@ mod tests {
         assert_eq!(auto_kind(&record(text.clone(), forms)), Some(TemplateKind::Document));
         let classes = serde_json::json!([{"label": "a", "score": 0.5}]);
         assert_eq!(auto_kind(&record(image(), classes)), None);
+    }
+
+    #[test]
+    fn media_cut_to_fit_kafka_is_not_served() {
+        let request = Payload::from_bytes(Some("image/png"), PNG_HEAD);
+        let mut record = record(request, Value::Null);
+        assert_eq!(response(&record).status(), StatusCode::OK);
+        record.truncated = true;
+        assert_eq!(response(&record).status(), StatusCode::NOT_FOUND);
+        let shown = view(&record, &[], None).unwrap().into_string();
+        assert!(shown.contains("cut to fit Kafka"), "{shown}");
+        assert!(!shown.contains("<img"), "{shown}");
     }
 
     #[test]

@@ -42,28 +42,46 @@ impl Area {
         .checked()
     }
 
-    /// `[xmin, ymin, xmax, ymax]` fractions, or `{left, top, width, height}`.
-    fn from_detection(value: &Value) -> Option<Area> {
-        if let Some(corners) = value.as_array() {
+    /// `[xmin, ymin, xmax, ymax]`, or `{left, top, width, height}`: fractions of the image, or
+    /// pixels when a number is above 1 and the image's `size` is known.
+    fn from_detection(value: &Value, size: Option<(u32, u32)>) -> Option<Area> {
+        let area = if let Some(corners) = value.as_array() {
             let n: Vec<f64> = corners.iter().filter_map(Value::as_f64).collect();
             let [x0, y0, x1, y1] = n[..] else { return None };
-            return Area {
+            Area {
                 left: x0,
                 top: y0,
                 width: x1 - x0,
                 height: y1 - y0,
             }
-            .checked();
+        } else {
+            let get = |key: &str| value.get(key).and_then(Value::as_f64);
+            match (get("left"), get("top"), get("width"), get("height")) {
+                (Some(left), Some(top), Some(width), Some(height)) => Area {
+                    left,
+                    top,
+                    width,
+                    height,
+                },
+                _ => return Area::from_bounding_box(value),
+            }
+        };
+        let pixels = [area.left, area.top, area.width, area.height]
+            .iter()
+            .any(|v| *v > 1.01);
+        match (pixels, size) {
+            (true, Some((w, h))) => {
+                let (w, h) = (f64::from(w), f64::from(h));
+                Area {
+                    left: area.left / w,
+                    top: area.top / h,
+                    width: area.width / w,
+                    height: area.height / h,
+                }
+                .checked()
+            }
+            _ => area.checked(),
         }
-        let get = |key: &str| value.get(key).and_then(Value::as_f64);
-        Area {
-            left: get("left")?,
-            top: get("top")?,
-            width: get("width")?,
-            height: get("height")?,
-        }
-        .checked()
-        .or_else(|| Area::from_bounding_box(value))
     }
 
     /// Inside the image, with a size.
@@ -95,10 +113,14 @@ pub struct Detection {
     pub area: Option<Area>,
 }
 
-/// The model's detections in its answer.
-pub fn detections(response: &Value, expression: Option<&str>) -> Vec<Detection> {
+/// The model's detections in its answer; `size` is the image's, for boxes in pixels.
+pub fn detections(
+    response: &Value,
+    expression: Option<&str>,
+    size: Option<(u32, u32)>,
+) -> Vec<Detection> {
     if let Some(expression) = expression {
-        return configured(response, expression);
+        return configured(response, expression, size);
     }
     let percent = |v: &Value| v.get("Confidence").and_then(Value::as_f64).map(|c| c / 100.0);
     let name = |v: &Value| v.get("Name").and_then(Value::as_str).map(str::to_owned);
@@ -152,7 +174,7 @@ pub fn detections(response: &Value, expression: Option<&str>) -> Vec<Detection> 
     found
 }
 
-fn configured(response: &Value, expression: &str) -> Vec<Detection> {
+fn configured(response: &Value, expression: &str, size: Option<(u32, u32)>) -> Vec<Detection> {
     let Ok(expression) = jmespath::compile(expression) else {
         return Vec::new(); // the config check refuses it
     };
@@ -176,7 +198,9 @@ fn configured(response: &Value, expression: &str) -> Vec<Detection> {
                     .get("score")
                     .and_then(Value::as_f64)
                     .filter(|s| (0.0..=1.0).contains(s)),
-                area: item.get("box").and_then(Area::from_detection),
+                area: item
+                    .get("box")
+                    .and_then(|area| Area::from_detection(area, size)),
             })
         })
         .collect()
@@ -184,8 +208,16 @@ fn configured(response: &Value, expression: &str) -> Vec<Detection> {
 
 fn task_detections(task: &Task<'_>) -> Vec<Detection> {
     prediction::json_of(&task.record.response.payload)
-        .map(|body| detections(&body, task.route.media.detections))
+        .map(|body| detections(&body, task.route.media.detections, image_size(task)))
         .unwrap_or_default()
+}
+
+/// The input image's size in pixels, when the console serves it and can read its header.
+pub fn image_size(task: &Task<'_>) -> Option<(u32, u32)> {
+    match media::find(&task.record.request) {
+        Some(media::Source::Media(m)) => media::image_size(&m.bytes),
+        _ => None,
+    }
 }
 
 fn percent(confidence: Option<f64>) -> String {
@@ -225,10 +257,7 @@ pub fn overlay<'a>(
 impl Template for Boxes {
     fn input(&self, task: &Task<'_>) -> Markup {
         let found = task_detections(task);
-        let size = match media::find(&task.record.request) {
-            Some(media::Source::Media(m)) => media::image_size(&m.bytes),
-            _ => None,
-        };
+        let size = image_size(task);
         let areas = found.iter().enumerate().filter_map(|(i, d)| {
             let caption = format!("{} {} {}", i + 1, d.label, percent(d.confidence));
             Some((format!("area-{}", i + 1), d.area?, caption, "detection"))
@@ -320,7 +349,7 @@ mod tests {
     #[test]
     fn rekognition_instances_are_boxes_and_labels_without_instances_are_listed() {
         let body: Value = serde_json::from_str(REKOGNITION).unwrap();
-        let found = detections(&body, None);
+        let found = detections(&body, None, None);
         assert_eq!(found.len(), 3);
         assert_eq!(found[0].label, "Dog");
         assert_eq!(found[0].confidence, Some(0.91));
@@ -339,7 +368,7 @@ mod tests {
             r#"{"ModerationLabels":[{"Name":"Swimwear","ParentName":"Suggestive","Confidence":72.5}]}"#,
         )
         .unwrap();
-        let found = detections(&moderation, None);
+        let found = detections(&moderation, None, None);
         assert_eq!(found[0].label, "Suggestive / Swimwear");
         assert_eq!(found[0].confidence, Some(0.725));
     }
@@ -351,15 +380,27 @@ mod tests {
                                {"name":"dog","p":0.4,"xyxy":[2,2,1,1]}]}"#,
         )
         .unwrap();
-        let found = detections(
-            &body,
-            Some("predictions[*].{label: name, score: p, box: xyxy}"),
-        );
+        let expression = "predictions[*].{label: name, score: p, box: xyxy}";
+        let found = detections(&body, Some(expression), None);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].label, "cat");
         let area = found[0].area.unwrap();
         assert!((area.width - 0.4).abs() < 1e-9 && (area.height - 0.5).abs() < 1e-9);
         assert_eq!(found[1].area, None, "a box outside the image is not drawn");
+        // Pixels (TorchServe, YOLO) become fractions of the image's size.
+        let pixels: Value = serde_json::from_str(
+            r#"{"predictions":[{"name":"cat","p":0.8,"xyxy":[40,30,200,150]}]}"#,
+        )
+        .unwrap();
+        let area = detections(&pixels, Some(expression), Some((400, 300)))[0]
+            .area
+            .unwrap();
+        assert_eq!((area.left, area.top, area.width, area.height), (0.1, 0.1, 0.4, 0.4));
+        assert_eq!(
+            detections(&pixels, Some(expression), None)[0].area,
+            None,
+            "pixels without the image's size cannot be placed"
+        );
     }
 
     #[test]

@@ -114,10 +114,7 @@ fn is_low(pair: &Pair, task: &Task<'_>) -> bool {
 impl Template for Document {
     fn input(&self, task: &Task<'_>) -> Markup {
         let found = task_pairs(task);
-        let size = match media::find(&task.record.request) {
-            Some(media::Source::Media(m)) => media::image_size(&m.bytes),
-            _ => None,
-        };
+        let size = super::boxes::image_size(task);
         let keys = found.iter().enumerate().filter_map(|(i, pair)| {
             Some((format!("key-{}", i + 1), pair.key_area?, String::new(), "key"))
         });
