@@ -342,13 +342,15 @@ async fn two_detection_boxes_are_drawn_in_place_and_a_rejected_one_is_in_the_ans
         "no box in a free corner"
     );
 
-    // The reviewer says the cat is wrong.
-    browser
-        .find("input[name='verdict.1'][value='rejected']")
-        .await
-        .click()
-        .await
-        .unwrap();
+    // The reviewer says the cat is wrong, with its number key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.press('2').await;
+    assert_eq!(
+        browser
+            .execute("return document.querySelector(\"input[name='verdict.1']:checked\").value")
+            .await,
+        "rejected"
+    );
     assert_eq!(
         browser
             .execute("return document.getElementById('area-2').classList.contains('rejected')")

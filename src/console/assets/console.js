@@ -133,4 +133,20 @@
     row.addEventListener("focusin", focus(true));
     row.addEventListener("focusout", focus(false));
   });
+
+  // Detections: a number key turns that detection between right and wrong.
+  var detections = document.querySelector(".detections");
+  if (detections) {
+    document.addEventListener("keydown", function (event) {
+      if (event.altKey || event.ctrlKey || event.metaKey || isTyping(event.target)) return;
+      if (!/^[1-9]$/.test(event.key)) return;
+      var row = detections.querySelectorAll(".detection")[Number(event.key) - 1];
+      if (!row) return;
+      event.preventDefault();
+      var wrong = row.querySelector('input[value="rejected"]');
+      var right = row.querySelector('input[value="confirmed"]');
+      (wrong.checked ? right : wrong).checked = true;
+      row.dispatchEvent(new Event("change"));
+    });
+  }
 })();

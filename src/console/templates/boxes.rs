@@ -330,7 +330,7 @@ impl Template for Boxes {
     }
 
     fn keys(&self) -> &'static [(&'static str, &'static str)] {
-        &[("Enter", "submit"), ("S", "skip")]
+        &[("1–9", "right/wrong"), ("Enter", "submit"), ("S", "skip")]
     }
 }
 
