@@ -41,7 +41,9 @@
 //! - [`auth`]: identities (header, tokens, none), sessions, CSRF tokens.
 //! - [`prediction`] (shared with the joiner): the model's labels, text and JSON as the task
 //!   page shows them (pure).
-//! - [`templates`]: one renderer per kind of task (classify, text, json).
+//! - [`templates`]: one renderer per kind of task (classify, text, json, entities,
+//!   translation) and the `auto` choice between them.
+//! - [`tabular`]: a request that is one row of features, as a feature/value table (pure).
 //! - [`pages`]: the HTML pages; `assets/` the script and the style sheet.
 //! - [`server`]: the HTTP routes, identity and CSRF checks, security headers.
 //! - [`task`]: the task flow: the next item, an answer taken once, published, acknowledged.
@@ -54,6 +56,7 @@ mod metrics;
 mod pages;
 mod queue;
 mod server;
+mod tabular;
 mod task;
 mod templates;
 

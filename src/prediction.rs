@@ -195,7 +195,8 @@ fn generated_text(body: &Value) -> Option<String> {
         Value::Array(items) => items.first()?,
         other => other,
     };
-    ["generated_text", "summary_text", "translation_text"]
+    // Hugging Face generation, summaries and translations; Amazon Translate.
+    ["generated_text", "summary_text", "translation_text", "TranslatedText"]
         .iter()
         .find_map(|key| first.get(key).and_then(Value::as_str))
         .map(str::to_owned)
@@ -302,6 +303,8 @@ mod tests {
         assert_eq!(text(&completion).as_deref(), Some("once upon"));
         let hf = json(r#"[{"generated_text":"a poem"}]"#);
         assert_eq!(text(&hf).as_deref(), Some("a poem"));
+        let translate = json(r#"{"TranslatedText":"Hallo","TargetLanguageCode":"de"}"#);
+        assert_eq!(text(&translate).as_deref(), Some("Hallo"));
         let sse = Payload::from_bytes(
             Some("text/event-stream"),
             b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n",

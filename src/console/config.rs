@@ -47,6 +47,12 @@ pub enum TemplateKind {
     Text,
     /// Edit the model's JSON answer: the answer is the edited JSON value.
     Json,
+    /// Entity spans highlighted in the source text, each label editable or removed: answer
+    /// `{"entities": [{"start", "end", "text", "label"}]}`.
+    Entities,
+    /// Source and model output side by side, the output editable: answer `{"text": "<text>"}`
+    /// (with the language codes when the request names them).
+    Translation,
 }
 
 impl TemplateKind {
@@ -56,6 +62,8 @@ impl TemplateKind {
             TemplateKind::Classify => "classify",
             TemplateKind::Text => "text",
             TemplateKind::Json => "json",
+            TemplateKind::Entities => "entities",
+            TemplateKind::Translation => "translation",
         }
     }
 }
@@ -85,6 +93,9 @@ pub struct ConsoleConfig {
     pub instructions: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// The feature names of a tabular input's columns (see `console::tabular`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// Per route, keyed by the review record's `route` (a `[[routes]]` name or a well-known
     /// path template such as `/invocations`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -107,6 +118,7 @@ impl Default for ConsoleConfig {
             template: TemplateKind::Auto,
             instructions: String::new(),
             labels: Vec::new(),
+            features: Vec::new(),
             routes: BTreeMap::new(),
         }
     }
@@ -122,6 +134,9 @@ pub struct RouteSettings {
     pub instructions: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// The feature names of a tabular input's columns, in order (a CSV row or an unnamed row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 /// A route's effective settings.
@@ -130,6 +145,7 @@ pub struct RouteView<'a> {
     pub template: TemplateKind,
     pub instructions: &'a str,
     pub labels: &'a [String],
+    pub features: &'a [String],
 }
 
 /// Identities and labels longer than this are refused (they end up in records and pages).
@@ -147,6 +163,9 @@ impl ConsoleConfig {
             labels: settings
                 .and_then(|s| s.labels.as_deref())
                 .unwrap_or(&self.labels),
+            features: settings
+                .and_then(|s| s.features.as_deref())
+                .unwrap_or(&self.features),
         }
     }
 
@@ -213,6 +232,7 @@ impl ConsoleConfig {
             }
         }
         check_labels("", self.template, &self.labels, &mut bad);
+        check_features("", &self.features, &mut bad);
         for (name, route) in &self.routes {
             let prefix = format!("routes.{}.", table_key(name));
             if name.trim().is_empty() {
@@ -226,6 +246,9 @@ impl ConsoleConfig {
             if let Some(labels) = &route.labels {
                 check_labels(&prefix, template, labels, &mut bad);
             }
+            if let Some(features) = &route.features {
+                check_features(&prefix, features, &mut bad);
+            }
         }
         problems
     }
@@ -238,12 +261,15 @@ fn check_labels(
     bad: &mut impl FnMut(String, String, String),
 ) {
     let key = format!("{prefix}labels");
-    if !labels.is_empty() && matches!(template, TemplateKind::Text | TemplateKind::Json) {
+    if !labels.is_empty() && matches!(
+            template,
+            TemplateKind::Text | TemplateKind::Json | TemplateKind::Translation
+        ) {
         bad(
             key.clone(),
             format!("{labels:?}"),
             format!(
-                "only used by the classify template (this one is {})",
+                "only used by the classify and entities templates (this one is {})",
                 template.as_str()
             ),
         );
@@ -258,6 +284,22 @@ fn check_labels(
             );
         } else if !seen.insert(label.as_str()) {
             bad(key.clone(), quoted(label), "labels must be unique".into());
+        }
+    }
+}
+
+fn check_features(prefix: &str, features: &[String], bad: &mut impl FnMut(String, String, String)) {
+    let key = format!("{prefix}features");
+    let mut seen = std::collections::HashSet::new();
+    for name in features {
+        if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            bad(
+                key.clone(),
+                quoted(name),
+                format!("feature names are 1-{MAX_NAME_CHARS} characters"),
+            );
+        } else if !seen.insert(name.as_str()) {
+            bad(key.clone(), quoted(name), "feature names must be unique".into());
         }
     }
 }
@@ -328,6 +370,8 @@ mod tests {
             labels = ["a", "a"]
             [console.routes.other]
             colour = "red"
+            [console.routes.iris]
+            features = ["sepal_length", "sepal_length", ""]
             "#,
         )
         .unwrap_err();
@@ -336,13 +380,15 @@ mod tests {
             "console.auth = \"none\": only allowed when console.listen is a loopback address",
             "console.identity_header = \"x user\": not a valid HTTP header name",
             "console.task_time_limit = 0s: must be at least 1s",
-            "console.routes.chat.labels = [\"a\", \"a\"]: only used by the classify template",
+            "console.routes.chat.labels = [\"a\", \"a\"]: only used by the classify and entities templates",
             "console.routes.chat.labels = \"a\": labels must be unique",
             "console.routes.other.colour",
+            "console.routes.iris.features = \"sepal_length\": feature names must be unique",
+            "console.routes.iris.features = \"\": feature names are 1-128 characters",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
-        assert_eq!(problems.len(), 6, "{text}");
+        assert_eq!(problems.len(), 8, "{text}");
     }
 
     #[test]

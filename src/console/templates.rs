@@ -5,15 +5,19 @@
 //! Everything is rendered with maud, which escapes every interpolated string: model output and
 //! request bodies are attacker-controlled and never reach the page as markup.
 
+mod auto;
 mod classify;
+mod entities;
 mod json;
 mod text;
+mod translation;
 
 use maud::{Markup, html};
 use serde_json::Value;
 
 use super::config::{RouteView, TemplateKind};
 use super::prediction::{self, Choice};
+use super::tabular;
 use crate::record::{Encoding, Payload, ReviewRecord};
 
 /// A submitted form's fields, in order.
@@ -55,11 +59,7 @@ impl<'a> Task<'a> {
     /// The template kind this item is shown with (`auto` resolved by what the model answered).
     pub fn kind(&self) -> TemplateKind {
         match self.route.template {
-            TemplateKind::Auto if !self.choices.is_empty() => TemplateKind::Classify,
-            TemplateKind::Auto if prediction::text(&self.record.response.payload).is_some() => {
-                TemplateKind::Text
-            }
-            TemplateKind::Auto => TemplateKind::Json,
+            TemplateKind::Auto => auto::choose(self),
             kind => kind,
         }
     }
@@ -67,9 +67,18 @@ impl<'a> Task<'a> {
 
 /// A kind of task.
 pub trait Template: Sync {
-    /// The request as the reviewer reads it.
+    /// The request as the reviewer reads it (a row of features as a table).
     fn input(&self, task: &Task<'_>) -> Markup {
-        payload_view(&task.record.request, "Request")
+        match tabular::read(&task.record.request, task.route.features) {
+            Some(table) => html! {
+                (tabular::view(&table))
+                details.raw {
+                    summary { "Whole request" }
+                    (payload_view(&task.record.request, "Request"))
+                }
+            },
+            None => payload_view(&task.record.request, "Request"),
+        }
     }
 
     /// What the model answered, in the reviewer's terms.
@@ -91,6 +100,8 @@ pub fn template(kind: TemplateKind) -> &'static dyn Template {
         TemplateKind::Classify | TemplateKind::Auto => &classify::Classify,
         TemplateKind::Text => &text::Text,
         TemplateKind::Json => &json::Json,
+        TemplateKind::Entities => &entities::Entities,
+        TemplateKind::Translation => &translation::Translation,
     }
 }
 
@@ -164,6 +175,7 @@ mod tests {
             template,
             instructions: "",
             labels,
+            features: &[],
         }
     }
 
