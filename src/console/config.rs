@@ -357,6 +357,39 @@ mod tests {
     }
 
     #[test]
+    fn text_templates_and_feature_names_per_route() {
+        let config = load(
+            r#"
+            [console]
+            features = ["a", "b"]
+            [console.routes.ner]
+            template = "entities"
+            labels = ["PERSON", "PLACE"]
+            [console.routes.translate]
+            template = "translation"
+            [console.routes.churn]
+            features = ["tenure", "charges"]
+            "#,
+        )
+        .unwrap();
+        let console = &config.console;
+        assert_eq!(console.route("ner").template, TemplateKind::Entities);
+        assert_eq!(console.route("ner").labels, ["PERSON", "PLACE"]);
+        assert_eq!(console.route("translate").template, TemplateKind::Translation);
+        assert_eq!(console.route("churn").features, ["tenure", "charges"]);
+        assert_eq!(console.route("other").features, ["a", "b"]);
+        let problems = load(
+            "[console.routes.translate]\ntemplate = \"translation\"\nlabels = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            ["console.routes.translate.labels = [\"x\"]: only used by the classify and entities \
+              templates (this one is translation)"]
+        );
+    }
+
+    #[test]
     fn every_console_mistake_is_named_by_its_key() {
         let problems = load(
             r#"

@@ -128,20 +128,23 @@ impl Template for Entities {
 
     fn model_answer(&self, task: &Task<'_>) -> Markup {
         let marked = Marked::of(task);
+        let count = marked.placed.len();
+        // The least sure span is the one to look at first (each span's score is in its row).
+        let least = marked
+            .placed
+            .iter()
+            .filter_map(|p| p.span.score.map(|score| (score, p)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
         html! {
-            @if marked.placed.is_empty() {
+            @if count == 0 {
                 p.muted { "The model found no entity this console can read." }
             } @else {
-                p.model-label { (marked.placed.len()) " entit" @if marked.placed.len() == 1 { "y" } @else { "ies" } }
-                table.entities {
-                    tbody {
-                        @for p in &marked.placed {
-                            tr {
-                                td { (marked.covered(p)) }
-                                td { span class={ "tag " (hue(&p.span.label)) } { (p.span.label) } }
-                                td.n.score { @if let Some(score) = p.span.score { (format!("{score:.2}")) } }
-                            }
-                        }
+                p.model-label { (count) " entit" @if count == 1 { "y" } @else { "ies" } }
+                @if let Some((score, p)) = least {
+                    p.least {
+                        "Least sure: " q { (marked.covered(p)) } " as "
+                        span class={ "tag " (hue(&p.span.label)) } { (p.span.label) }
+                        " " span.score { (format!("{score:.2}")) }
                     }
                 }
             }
@@ -152,13 +155,14 @@ impl Template for Entities {
         let marked = Marked::of(task);
         html! {
             fieldset.spans {
-                legend { "Entities: change a label or remove the span" }
+                legend { "Entities: relabel or remove" }
                 @if marked.placed.is_empty() { p.muted { "Nothing to correct: submit to confirm there is no entity." } }
                 @for p in &marked.placed {
                     @let chosen = draft.and_then(|f| f.get(&field("label", p))).unwrap_or(&p.span.label);
                     @let removed = draft.is_some_and(|f| f.get(&field("remove", p)).is_some());
                     div.span-row {
                         span.covered title=(marked.covered(p)) { (marked.covered(p)) }
+                        span.score { @if let Some(score) = p.span.score { (format!("{score:.2}")) } }
                         select name=(field("label", p)) data-span=(p.index) aria-label="Label" {
                             @for option in &marked.options {
                                 option value=(option) selected[option == chosen] { (option) }
