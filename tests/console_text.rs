@@ -9,10 +9,11 @@
 mod console_support;
 mod join_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use console_support::browser::{self, Browser};
 use console_support::*;
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use join_support::Cluster;
 use join_support::kafka_support;
 use rdkafka::message::Message;
@@ -21,8 +22,9 @@ use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
 use reviewloop::record::{Payload, ReviewRecord};
 use serde_json::{Value, json};
 
-/// WebDriver's code for the Enter key.
+/// WebDriver's codes for the Enter and Control keys.
 const ENTER: char = '\u{e007}';
+const CONTROL: char = '\u{e009}';
 
 /// A review record of `route` with these bodies (a low-confidence item like the proxy writes).
 fn item(id: &str, route: &str, request: (&str, &str), response: &str) -> ReviewRecord {
@@ -62,6 +64,26 @@ async fn submit(browser: &Browser) {
         "{}",
         browser.text("body").await
     );
+}
+
+/// Ctrl+Enter in the focused field (submits from a text field), waiting for the next page.
+async fn ctrl_enter(browser: &Browser) {
+    browser.execute("window.textualOldPage = true").await;
+    let actions = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: CONTROL })
+        .then(KeyAction::Down { value: ENTER })
+        .then(KeyAction::Up { value: ENTER })
+        .then(KeyAction::Up { value: CONTROL });
+    browser.client.perform_actions(actions).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while browser
+        .execute("return window.textualOldPage === true || document.readyState !== 'complete'")
+        .await
+        == true
+    {
+        assert!(Instant::now() < deadline, "Ctrl+Enter did not submit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The answers published on the completed topic.
@@ -306,7 +328,9 @@ async fn a_translation_is_corrected_beside_its_source() {
         .send_keys("Ihr Paket kommt am Dienstag. Ist niemand zu Hause, gibt der Kurier es beim Nachbarn ab.")
         .await
         .unwrap();
-    submit(&browser).await;
+    // Ctrl+Enter in the output (outside the answer form's element, part of it) submits.
+    ctrl_enter(&browser).await;
+    assert_eq!(browser.path().await, "/task?saved=1");
     assert_eq!(
         answers(&config, 1)[0],
         json!({

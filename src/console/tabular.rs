@@ -65,10 +65,25 @@ fn is_flat(object: &Map<String, Value>) -> bool {
     !object.is_empty() && object.values().all(is_scalar)
 }
 
-/// A flat object of features, not a text request such as `{"inputs": "…"}` or Translate's
-/// `{"Text", "SourceLanguageCode", …}`: two or more fields, one of them a number or a boolean.
+/// Keys of a text request's text (`{"prompt": "…", "max_tokens": 64}` is no row of features).
+const TEXT_KEYS: [&str; 8] = [
+    "inputs", "input", "prompt", "text", "Text", "query", "question", "document",
+];
+
+/// Longer strings are prose, not a feature value.
+const MAX_FEATURE_CHARS: usize = 200;
+
+/// A flat object of features, not a text request such as `{"prompt": "…", "max_tokens": 64}`
+/// or Translate's `{"Text", "SourceLanguageCode", …}`: two or more fields, one of them a number
+/// or a boolean, no text key and no long string.
 fn is_features(object: &Map<String, Value>) -> bool {
-    object.len() >= 2 && object.values().any(|v| v.is_number() || v.is_boolean())
+    object.len() >= 2
+        && object.values().any(|v| v.is_number() || v.is_boolean())
+        && !TEXT_KEYS.iter().any(|key| object.contains_key(*key))
+        && object
+            .values()
+            .filter_map(Value::as_str)
+            .all(|s| s.chars().count() <= MAX_FEATURE_CHARS && !s.contains('\n'))
 }
 
 fn shown(value: &Value) -> String {
@@ -199,6 +214,8 @@ mod tests {
             r#"{"instances": [[1, 2], [3, 4]]}"#,
             r#"{"messages": [{"role": "user", "content": "hi"}], "n": 1}"#,
             r#"{"inputs": [[1]], "parameters": {"x": 1}}"#,
+            r#"{"prompt": "Write a haiku", "max_tokens": 64, "temperature": 0.7}"#,
+            r#"{"note": "line one\nline two", "n": 1}"#,
         ] {
             assert_eq!(read(&json(not_tabular), &[]), None, "{not_tabular}");
         }
