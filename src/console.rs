@@ -41,8 +41,10 @@
 //! - [`auth`]: identities (header, tokens, none), sessions, CSRF tokens.
 //! - [`prediction`] (shared with the joiner): the model's labels, text and JSON as the task
 //!   page shows them (pure).
-//! - [`templates`]: one renderer per kind of task (classify, text, json, boxes, document).
+//! - [`templates`]: one renderer per kind of task (classify, text, json, boxes, document,
+//!   entities, translation) and the `auto` choice between them.
 //! - [`media`]: the image or audio of an input, found in the record and served from it.
+//! - [`tabular`]: a request that is one row of features, as a feature/value table (pure).
 //! - [`pages`]: the HTML pages; `assets/` the script and the style sheet.
 //! - [`server`]: the HTTP routes, identity and CSRF checks, security headers.
 //! - [`task`]: the task flow: the next item, an answer taken once, published, acknowledged.
@@ -56,6 +58,7 @@ mod metrics;
 mod pages;
 mod queue;
 mod server;
+mod tabular;
 mod task;
 mod templates;
 

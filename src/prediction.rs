@@ -203,7 +203,8 @@ fn generated_text(body: &Value) -> Option<String> {
     if let Some(Value::String(text)) = first.get("text") {
         return Some(text.clone());
     }
-    ["generated_text", "summary_text", "translation_text"]
+    // Hugging Face generation, summaries and translations; Amazon Translate.
+    ["generated_text", "summary_text", "translation_text", "TranslatedText"]
         .iter()
         .find_map(|key| first.get(key).and_then(Value::as_str))
         .map(str::to_owned)
@@ -310,6 +311,8 @@ mod tests {
         assert_eq!(text(&completion).as_deref(), Some("once upon"));
         let hf = json(r#"[{"generated_text":"a poem"}]"#);
         assert_eq!(text(&hf).as_deref(), Some("a poem"));
+        let translate = json(r#"{"TranslatedText":"Hallo","TargetLanguageCode":"de"}"#);
+        assert_eq!(text(&translate).as_deref(), Some("Hallo"));
         let sse = Payload::from_bytes(
             Some("text/event-stream"),
             b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n",

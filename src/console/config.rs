@@ -55,6 +55,12 @@ pub enum TemplateKind {
     /// A Textract AnalyzeDocument answer on its page: the key-value pairs, each editable, the
     /// ones below `highlight_below` marked: answer `{"pairs": [{"key", "value", …}]}`.
     Document,
+    /// Entity spans highlighted in the source text, each label editable or removed: answer
+    /// `{"entities": [{"start", "end", "text", "label"}]}`.
+    Entities,
+    /// Source and model output side by side, the output editable: answer `{"text": "<text>"}`
+    /// (with the language codes when the request names them).
+    Translation,
 }
 
 impl TemplateKind {
@@ -66,6 +72,8 @@ impl TemplateKind {
             TemplateKind::Json => "json",
             TemplateKind::Boxes => "boxes",
             TemplateKind::Document => "document",
+            TemplateKind::Entities => "entities",
+            TemplateKind::Translation => "translation",
         }
     }
 }
@@ -95,6 +103,9 @@ pub struct ConsoleConfig {
     pub instructions: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// The feature names of a tabular input's columns (see `console::tabular`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// Per route, keyed by the review record's `route` (a `[[routes]]` name or a well-known
     /// path template such as `/invocations`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -128,6 +139,7 @@ impl Default for ConsoleConfig {
             template: TemplateKind::Auto,
             instructions: String::new(),
             labels: Vec::new(),
+            features: Vec::new(),
             routes: BTreeMap::new(),
             media_origins: Vec::new(),
             detections: None,
@@ -152,6 +164,9 @@ pub struct RouteSettings {
     pub detections: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub highlight_below: Option<f64>,
+    /// The feature names of a tabular input's columns, in order (a CSV row or an unnamed row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 /// A route's effective settings.
@@ -161,6 +176,7 @@ pub struct RouteView<'a> {
     pub instructions: &'a str,
     pub labels: &'a [String],
     pub media: MediaView<'a>,
+    pub features: &'a [String],
 }
 
 /// A route's settings for images, audio and documents.
@@ -200,6 +216,9 @@ impl ConsoleConfig {
                     .and_then(|s| s.highlight_below)
                     .unwrap_or(self.highlight_below),
             },
+            features: settings
+                .and_then(|s| s.features.as_deref())
+                .unwrap_or(&self.features),
         }
     }
 
@@ -288,6 +307,7 @@ impl ConsoleConfig {
             Some(self.highlight_below),
             &mut bad,
         );
+        check_features("", &self.features, &mut bad);
         for (name, route) in &self.routes {
             let prefix = format!("routes.{}.", table_key(name));
             if name.trim().is_empty() {
@@ -308,6 +328,9 @@ impl ConsoleConfig {
                 route.highlight_below,
                 &mut bad,
             );
+            if let Some(features) = &route.features {
+                check_features(&prefix, features, &mut bad);
+            }
         }
         problems
     }
@@ -320,12 +343,15 @@ fn check_labels(
     bad: &mut impl FnMut(String, String, String),
 ) {
     let key = format!("{prefix}labels");
-    if !labels.is_empty() && matches!(template, TemplateKind::Text | TemplateKind::Json) {
+    if !labels.is_empty() && matches!(
+            template,
+            TemplateKind::Text | TemplateKind::Json | TemplateKind::Translation
+        ) {
         bad(
             key.clone(),
             format!("{labels:?}"),
             format!(
-                "only used by the classify template (this one is {})",
+                "only used by the classify and entities templates (this one is {})",
                 template.as_str()
             ),
         );
@@ -340,6 +366,22 @@ fn check_labels(
             );
         } else if !seen.insert(label.as_str()) {
             bad(key.clone(), quoted(label), "labels must be unique".into());
+        }
+    }
+}
+
+fn check_features(prefix: &str, features: &[String], bad: &mut impl FnMut(String, String, String)) {
+    let key = format!("{prefix}features");
+    let mut seen = std::collections::HashSet::new();
+    for name in features {
+        if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            bad(
+                key.clone(),
+                quoted(name),
+                format!("feature names are 1-{MAX_NAME_CHARS} characters"),
+            );
+        } else if !seen.insert(name.as_str()) {
+            bad(key.clone(), quoted(name), "feature names must be unique".into());
         }
     }
 }
@@ -397,6 +439,39 @@ mod tests {
     }
 
     #[test]
+    fn text_templates_and_feature_names_per_route() {
+        let config = load(
+            r#"
+            [console]
+            features = ["a", "b"]
+            [console.routes.ner]
+            template = "entities"
+            labels = ["PERSON", "PLACE"]
+            [console.routes.translate]
+            template = "translation"
+            [console.routes.churn]
+            features = ["tenure", "charges"]
+            "#,
+        )
+        .unwrap();
+        let console = &config.console;
+        assert_eq!(console.route("ner").template, TemplateKind::Entities);
+        assert_eq!(console.route("ner").labels, ["PERSON", "PLACE"]);
+        assert_eq!(console.route("translate").template, TemplateKind::Translation);
+        assert_eq!(console.route("churn").features, ["tenure", "charges"]);
+        assert_eq!(console.route("other").features, ["a", "b"]);
+        let problems = load(
+            "[console.routes.translate]\ntemplate = \"translation\"\nlabels = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            ["console.routes.translate.labels = [\"x\"]: only used by the classify and entities \
+              templates (this one is translation)"]
+        );
+    }
+
+    #[test]
     fn every_console_mistake_is_named_by_its_key() {
         let problems = load(
             r#"
@@ -410,6 +485,8 @@ mod tests {
             labels = ["a", "a"]
             [console.routes.other]
             colour = "red"
+            [console.routes.iris]
+            features = ["sepal_length", "sepal_length", ""]
             "#,
         )
         .unwrap_err();
@@ -418,13 +495,15 @@ mod tests {
             "console.auth = \"none\": only allowed when console.listen is a loopback address",
             "console.identity_header = \"x user\": not a valid HTTP header name",
             "console.task_time_limit = 0s: must be at least 1s",
-            "console.routes.chat.labels = [\"a\", \"a\"]: only used by the classify template",
+            "console.routes.chat.labels = [\"a\", \"a\"]: only used by the classify and entities templates",
             "console.routes.chat.labels = \"a\": labels must be unique",
             "console.routes.other.colour",
+            "console.routes.iris.features = \"sepal_length\": feature names must be unique",
+            "console.routes.iris.features = \"\": feature names are 1-128 characters",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
-        assert_eq!(problems.len(), 6, "{text}");
+        assert_eq!(problems.len(), 8, "{text}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use maud::{Markup, html};
 use serde_json::Value;
 
 use super::config::TemplateKind;
-use super::templates::{Task, payload_view};
+use super::templates::{Task, request_view};
 use crate::prediction;
 use crate::record::{Encoding, Payload, ReviewRecord};
 use crate::upstream::{Body, full_body};
@@ -372,11 +372,11 @@ pub fn view(record: &ReviewRecord, origins: &[String], overlay: Option<Markup>) 
 
 /// The request as the reviewer sees it: its picture or player (with `overlay` over a
 /// picture) above the rest of the body, long strings (the media's base64) shortened; a request
-/// without media as [`payload_view`] shows it.
+/// without media as [`request_view`] shows it.
 pub fn input_view(task: &Task<'_>, overlay: Option<Markup>) -> Markup {
     let record = task.record;
     let Some(shown) = view(record, task.route.media.origins, overlay) else {
-        return payload_view(&record.request, "Request");
+        return request_view(task);
     };
     let json = prediction::json_of(&record.request).map(|body| Payload {
         content_type: None,

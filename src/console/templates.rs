@@ -5,17 +5,21 @@
 //! Everything is rendered with maud, which escapes every interpolated string: model output and
 //! request bodies are attacker-controlled and never reach the page as markup.
 
+mod auto;
 mod boxes;
 mod classify;
 mod document;
+mod entities;
 mod json;
 mod text;
+mod translation;
 
 use maud::{Markup, html};
 use serde_json::Value;
 
 use super::config::{RouteView, TemplateKind};
 use super::prediction::{self, Choice};
+use super::tabular;
 use crate::record::{Encoding, Payload, ReviewRecord};
 
 /// A submitted form's fields, in order.
@@ -62,11 +66,7 @@ impl<'a> Task<'a> {
             return kind;
         }
         match self.route.template {
-            TemplateKind::Auto if !self.choices.is_empty() => TemplateKind::Classify,
-            TemplateKind::Auto if prediction::text(&self.record.response.payload).is_some() => {
-                TemplateKind::Text
-            }
-            TemplateKind::Auto => TemplateKind::Json,
+            TemplateKind::Auto => auto::choose(self),
             kind => kind,
         }
     }
@@ -74,7 +74,8 @@ impl<'a> Task<'a> {
 
 /// A kind of task.
 pub trait Template: Sync {
-    /// The request as the reviewer reads it.
+    /// The request as the reviewer reads it: its image or audio, else a row of features as a
+    /// table, else its text fields.
     fn input(&self, task: &Task<'_>) -> Markup {
         super::media::input_view(task, None)
     }
@@ -92,6 +93,21 @@ pub trait Template: Sync {
     fn keys(&self) -> &'static [(&'static str, &'static str)];
 }
 
+/// A request without media as the reviewer reads it: a row of features as a table (the whole
+/// request below it), else its text fields.
+pub fn request_view(task: &Task<'_>) -> Markup {
+    match tabular::read(&task.record.request, task.route.features) {
+        Some(table) => html! {
+            (tabular::view(&table))
+            details.raw {
+                summary { "Whole request" }
+                (payload_view(&task.record.request, "Request"))
+            }
+        },
+        None => payload_view(&task.record.request, "Request"),
+    }
+}
+
 /// The renderer of a (resolved) template kind.
 pub fn template(kind: TemplateKind) -> &'static dyn Template {
     match kind {
@@ -100,6 +116,8 @@ pub fn template(kind: TemplateKind) -> &'static dyn Template {
         TemplateKind::Json => &json::Json,
         TemplateKind::Boxes => &boxes::Boxes,
         TemplateKind::Document => &document::Document,
+        TemplateKind::Entities => &entities::Entities,
+        TemplateKind::Translation => &translation::Translation,
     }
 }
 
@@ -177,6 +195,7 @@ mod tests {
                 highlight_below: crate::console::config::DEFAULT_HIGHLIGHT_BELOW,
                 ..Default::default()
             },
+            features: &[],
         }
     }
 

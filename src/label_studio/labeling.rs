@@ -53,7 +53,8 @@ pub fn route_kind(console: &ConsoleConfig, route: &str) -> Result<(Kind, Vec<Str
         TemplateKind::Classify | TemplateKind::Auto if !labels.is_empty() => {
             Ok((Kind::Classify, labels))
         }
-        TemplateKind::Text => Ok((Kind::Text, labels)),
+        // A translation's answer is `{"text": …}` as well.
+        TemplateKind::Text | TemplateKind::Translation => Ok((Kind::Text, labels)),
         TemplateKind::Json => Ok((Kind::Json, labels)),
         TemplateKind::Classify => Err(format!(
             "a classify task needs its labels: set {where_}, or give label_studio.label_config"
@@ -63,6 +64,11 @@ pub fn route_kind(console: &ConsoleConfig, route: &str) -> Result<(Kind, Vec<Str
              label_studio.label_config",
             view.template.as_str()
         )),
+        TemplateKind::Entities => Err(
+            "the entities template has no derived Label Studio config: give \
+             label_studio.label_config (Labels over the text)"
+                .to_owned(),
+        ),
         TemplateKind::Auto => Err(format!(
             "the console's template is \"auto\" with no labels, which Label Studio cannot show: \
              set {where_}, a template (\"text\" or \"json\"), or label_studio.label_config"

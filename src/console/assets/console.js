@@ -8,7 +8,7 @@
 
   function isTyping(element) {
     if (!element) return false;
-    if (element.tagName === "TEXTAREA" || element.isContentEditable) return true;
+    if (element.tagName === "TEXTAREA" || element.tagName === "SELECT" || element.isContentEditable) return true;
     return element.tagName === "INPUT" &&
       ["radio", "checkbox", "hidden", "submit", "button"].indexOf(element.type) < 0;
   }
@@ -93,6 +93,20 @@
       form.removeAttribute("data-sent");
     });
     document.body.classList.remove("sending");
+  });
+
+  // Entities: a span's new label or its removal shows in the text at once.
+  Array.prototype.forEach.call(document.querySelectorAll("[data-span]"), function (control) {
+    control.addEventListener("change", function () {
+      var mark = document.getElementById("span-" + control.getAttribute("data-span"));
+      if (!mark) return;
+      if (control.tagName === "SELECT") {
+        var tag = mark.querySelector(".tag");
+        if (tag) tag.textContent = control.value;
+      } else {
+        mark.classList.toggle("removed", control.checked);
+      }
+    });
   });
 
   var lease = document.querySelector("[data-expires]");
