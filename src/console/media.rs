@@ -169,7 +169,8 @@ fn from_string(text: &str, path: String) -> Option<Source> {
             kind,
         });
     }
-    if text.len() < MIN_BASE64_CHARS {
+    // Base64 is ASCII (which also makes the slice below fall on a character boundary).
+    if text.len() < MIN_BASE64_CHARS || !text.is_ascii() {
         return None;
     }
     // Look at the first bytes before decoding all of a long string.
@@ -597,6 +598,10 @@ mod tests {
                 what: "HTML"
             })
         );
+        // Text of any script is not media (and never cut inside a character).
+        let text = serde_json::json!({"inputs": "Größenwahn und Übermut: ein langer Satz, é".repeat(3)});
+        let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
+        assert_eq!(find(&payload), None);
         // Plain text and short strings are not media.
         let text = serde_json::json!({"inputs": "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="});
         let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
