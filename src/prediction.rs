@@ -303,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn transcripts_are_text() {
+        let transcribe = json(
+            r#"{"jobName":"j","results":{"transcripts":[{"transcript":"hello there"}],"items":[]}}"#,
+        );
+        assert_eq!(text(&transcribe).as_deref(), Some("hello there"));
+        let whisper = json(r#"{"text":" Hello world.","chunks":[]}"#);
+        assert_eq!(text(&whisper).as_deref(), Some(" Hello world."));
+    }
+
+    #[test]
     fn generated_text_from_every_family() {
         let chat =
             json(r#"{"choices":[{"message":{"role":"assistant","content":"Hello there"}}]}"#);

@@ -17,7 +17,7 @@ use maud::{Markup, html};
 use serde_json::Value;
 
 use super::config::TemplateKind;
-use super::templates::{Task, request_view};
+use super::templates::{Task, payload_view, request_view};
 use crate::prediction;
 use crate::record::{Encoding, Payload, ReviewRecord};
 use crate::upstream::{Body, full_body};
@@ -76,14 +76,12 @@ pub fn sniff(bytes: &[u8]) -> Option<(Kind, &'static str)> {
     })
 }
 
-/// "SVG" or "HTML" when the text is markup a browser would run script in.
+/// "SVG" or "HTML" when bytes offered as an image or sound are markup a browser would run
+/// script in (an SVG "image", an HTML page declared `image/png`).
 fn active_markup(declared: Option<&str>, bytes: &[u8]) -> Option<&'static str> {
     let declared = declared.unwrap_or_default().to_ascii_lowercase();
     if declared.contains("svg") {
         return Some("SVG");
-    }
-    if declared.contains("html") || declared.contains("xml") {
-        return Some("HTML");
     }
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).to_ascii_lowercase();
     let head = head.trim_start_matches('\u{feff}').trim_start();
@@ -91,12 +89,14 @@ fn active_markup(declared: Option<&str>, bytes: &[u8]) -> Option<&'static str> {
         return None;
     }
     if head.contains("<svg") {
-        Some("SVG")
-    } else if head.contains("<html") || head.starts_with("<!doctype") || head.contains("<script") {
-        Some("HTML")
-    } else {
-        None
+        return Some("SVG");
     }
+    // Other markup counts only when it claims to be an image or a sound: an HTML page sent
+    // as text to a model is an input like any text, shown (escaped) as text.
+    let claims_media = declared.starts_with("image/") || declared.starts_with("audio/");
+    (claims_media && (head.contains("<html") || head.starts_with("<!doctype") || head.contains("<script")
+        || head.starts_with("<?xml")))
+    .then_some("HTML")
 }
 
 /// The first image or sound of a request body: the whole body, or the first JSON string that
@@ -127,13 +127,7 @@ fn classify(declared: Option<&str>, bytes: Vec<u8>, path: String) -> Option<Sour
             path,
         }));
     }
-    let declared_media = declared.is_some_and(|t| t.starts_with("image/") || t.starts_with("audio/"));
-    match active_markup(declared, &bytes) {
-        Some(what) if declared_media || path.is_empty() || declared.is_some() => {
-            Some(Source::Refused { path, what })
-        }
-        _ => None,
-    }
+    active_markup(declared, &bytes).map(|what| Source::Refused { path, what })
 }
 
 fn find_in_json(value: &Value, path: String) -> Option<Source> {
@@ -175,7 +169,8 @@ fn from_string(text: &str, path: String) -> Option<Source> {
             kind,
         });
     }
-    if text.len() < MIN_BASE64_CHARS {
+    // Base64 is ASCII (which also makes the slice below fall on a character boundary).
+    if text.len() < MIN_BASE64_CHARS || !text.is_ascii() {
         return None;
     }
     // Look at the first bytes before decoding all of a long string.
@@ -383,8 +378,11 @@ pub fn input_view(task: &Task<'_>, overlay: Option<Markup>) -> Markup {
         encoding: Encoding::Json,
         body,
     });
+    let served = matches!(find(&record.request), Some(Source::Media(_)));
     html! {
         (shown)
+        // An SVG or a URL not loaded: its text, escaped, is all the reviewer can see of it.
+        @if json.is_none() && !served { (payload_view(&record.request, "Request")) }
         @if let Some(request) = &json {
             @for (path, text) in request.text_fields(MAX_TEXT_FIELDS) {
                 @if text.len() <= MAX_SHOWN_CHARS || text.contains(' ') {
@@ -590,6 +588,20 @@ mod tests {
         assert!(!allowed("https://cdn.example.com.evil.org/x.png", &allowed_origins));
         assert!(!allowed("https://user@cdn.example.com/x.png", &allowed_origins));
         assert_eq!(origin("https://a.example;script-src *"), None);
+        // An HTML page sent as text is text; declared an image, it is refused.
+        let page = b"<!doctype html><script>x()</script>";
+        assert_eq!(find(&Payload::from_bytes(Some("text/html"), page)), None);
+        assert_eq!(
+            find(&Payload::from_bytes(Some("image/jpeg"), page)),
+            Some(Source::Refused {
+                path: String::new(),
+                what: "HTML"
+            })
+        );
+        // Text of any script is not media (and never cut inside a character).
+        let text = serde_json::json!({"inputs": "Größenwahn und Übermut: ein langer Satz, é".repeat(3)});
+        let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
+        assert_eq!(find(&payload), None);
         // Plain text and short strings are not media.
         let text = serde_json::json!({"inputs": "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="});
         let payload = Payload::from_bytes(Some("application/json"), text.to_string().as_bytes());
