@@ -10,7 +10,6 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::{Form, Task, Template, payload_view};
-use crate::console::config::MAX_NAME_CHARS;
 use crate::prediction;
 use crate::record::{Encoding, Payload};
 
@@ -185,12 +184,10 @@ impl Template for Entities {
             if form.get(&field("remove", p)).is_some() {
                 continue;
             }
+            // One of the offered labels, exactly as offered (the model's may be long or padded).
             let label = form
                 .get(&field("label", p))
-                .map_or(p.span.label.as_str(), str::trim);
-            if label.is_empty() || label.chars().count() > MAX_NAME_CHARS {
-                return Err(format!("A label is 1-{MAX_NAME_CHARS} characters."));
-            }
+                .unwrap_or(p.span.label.as_str());
             if !marked.options.iter().any(|o| o == label) {
                 return Err(format!("{label:?} is not one of the labels."));
             }
@@ -282,6 +279,18 @@ mod tests {
         );
         let refused = Entities.answer(&task, &form(&[("label.0", "MADE-UP")]));
         assert!(refused.unwrap_err().contains("not one of the labels"));
+        // The model's own label is an answer however long it is.
+        let long = "L".repeat(300);
+        let r = record(
+            r#"{"inputs":"Jane"}"#,
+            &format!(r#"[{{"entity":"{long}","score":0.5,"word":"Jane","start":0,"end":4}}]"#),
+        );
+        let task = Task::new(&r, route(TemplateKind::Entities, &[]));
+        assert_eq!(
+            Entities.answer(&task, &form(&[]))
+                .unwrap()["entities"][0]["label"],
+            json!(long)
+        );
     }
 
     #[test]

@@ -199,6 +199,10 @@ impl Boundaries {
 /// The unit in which most spans cover the text the model says they cover; code points (what
 /// Comprehend and Python count) when no span says or the units tie.
 pub fn unit_of(text: &str, spans: &[Span]) -> Unit {
+    // In ASCII every unit counts the same.
+    if text.is_ascii() {
+        return Unit::Chars;
+    }
     let mut best = (Unit::Chars, 0);
     for unit in [Unit::Chars, Unit::Utf16, Unit::Bytes] {
         let boundaries = Boundaries::new(text, unit);
