@@ -93,15 +93,17 @@ impl Pool {
         None
     }
 
+    /// Puts `sender` back, and closes the connections idle for longer than [`IDLE_TIMEOUT`]
+    /// (the oldest are first: each was pushed with the time it came back).
     fn give_back(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let since = Instant::now();
-        self.idle
-            .lock()
-            .expect("not poisoned")
-            .push(Idle { sender, since });
+        let mut idle = self.idle.lock().expect("not poisoned");
+        let expired = idle.partition_point(|i| since.duration_since(i.since) >= IDLE_TIMEOUT);
+        idle.drain(..expired);
+        idle.push(Idle { sender, since });
     }
 }
 
@@ -311,5 +313,10 @@ mod tests {
         let absolute = prepared("http://127.0.0.1:9000", request("http://proxy:8080/p"));
         assert_eq!(absolute.uri(), "/p");
         assert_eq!(absolute.headers()[HOST], "127.0.0.1:9000");
+
+        let v6 = HttpUpstream::new("http://[::1]:9000", Duration::from_secs(1)).unwrap();
+        assert!(v6.target.address.parse::<std::net::SocketAddr>().is_ok());
+        let v6 = prepared("http://[::1]:9000", request("/p"));
+        assert_eq!(v6.headers()[HOST], "[::1]:9000");
     }
 }
