@@ -26,7 +26,7 @@ use crate::admin::{self, Readiness};
 use crate::config::{Checked, Config};
 use crate::kafka::{self, EmbeddedBroker, KafkaConfig, ReviewSink};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Proxy, ProxySettings};
+use crate::proxy::{self, Proxy, ProxyListener, ProxySettings, RuntimeModel};
 use crate::review::ReviewPipeline;
 use crate::upstream::Upstream;
 use crate::{console, join, label_studio};
@@ -85,6 +85,23 @@ impl Roles {
     };
 }
 
+/// The process's main runtime for `roles`: everything but the thread-per-core proxy's serving
+/// threads runs on it. With those threads serving the data plane, a proxy-only process keeps
+/// one worker here (the admin server, the Kafka sink's housekeeping); the multi-thread proxy
+/// runs on `server.threads` workers (0: one per core).
+pub fn main_runtime(config: &Config, roles: Roles) -> std::io::Result<tokio::runtime::Runtime> {
+    let server = &config.server;
+    let workers = match server.runtime {
+        RuntimeModel::ThreadPerCore if roles == Roles::PROXY => 1,
+        RuntimeModel::ThreadPerCore => std::thread::available_parallelism().map_or(1, usize::from),
+        RuntimeModel::MultiThread => server.serving_threads(),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+}
+
 /// Where Kafka is: the configured brokers, or an embedded broker kept alive by this value.
 struct KafkaEndpoint {
     bootstrap: String,
@@ -121,7 +138,7 @@ impl KafkaEndpoint {
 
 /// The proxy and what it needs to run: its listener and its Kafka sink.
 struct ProxyPart {
-    listener: TcpListener,
+    listener: ProxyListener,
     proxy: Arc<Proxy>,
     sink: Arc<ReviewSink>,
 }
@@ -173,7 +190,11 @@ impl App {
             );
         }
         let data = if upstream.is_some() {
-            Some(bind(config.server.listen, "server.listen").await?)
+            let address = config.server.listen;
+            Some(
+                ProxyListener::bind(&config.server)
+                    .with_context(|| format!("cannot listen on server.listen = {address}"))?,
+            )
         } else {
             None
         };
@@ -252,7 +273,7 @@ impl App {
         let mut sink = None;
         let mut ready: Readiness = Arc::new(|| true);
         let proxy_task = proxy.map(|part| {
-            proxy_address = part.listener.local_addr().ok();
+            proxy_address = Some(part.listener.local_addr());
             sink = Some(part.sink.clone());
             if config.server.ready_requires_kafka {
                 let sink = part.sink.clone();
@@ -489,7 +510,7 @@ async fn serve_proxy(part: ProxyPart, grace: Duration, shutdown: Shutdown) -> an
         proxy,
         sink,
     } = part;
-    proxy::serve(listener, proxy, shutdown.wait()).await?;
+    proxy::serve_on(listener, proxy, shutdown.wait()).await?;
     let purged = sink.flush(shutdown.remaining(grace)).await;
     if purged > 0 {
         warn!(

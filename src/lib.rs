@@ -17,13 +17,15 @@
 //! - [`metrics`]: the Prometheus metrics on one registry, and the typed reasons and outcomes
 //!   they are labelled with.
 //! - [`record`]: the Kafka records' shapes and body encodings.
-//! - [`upstream`]: calling the model (an HTTP server or a SageMaker endpoint).
+//! - [`upstream`]: calling the model (an HTTP server through per-thread keep-alive connections,
+//!   or a SageMaker endpoint).
 //! - [`telemetry`]: tracing setup (text or JSON logs, `RUST_LOG`).
 //! - [`demo`]: the whole loop in one process, with a model that learns.
 //!
 //! Inside (public only with the `test-util` feature, for tests and benchmarks):
 //! - `settings`: durations and the problem report every section uses (a leaf).
-//! - `proxy`: the data plane — `[server]`, accepting, forwarding, body capture, error answers.
+//! - `proxy`: the data plane — `[server]`, accepting, forwarding, body capture, error answers;
+//!   its serving threads (thread-per-core or one multi-thread runtime).
 //! - `route`: request paths to routes; each route carries its bounded label and its policy.
 //! - `exchange`: what the proxy hands to the review pipeline, and the hook trait.
 //! - `confidence`: `[confidence]`, reading one confidence from any model's response (pure).

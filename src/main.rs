@@ -110,12 +110,15 @@ fn main() -> ExitCode {
 /// Loads the configuration and runs `roles` until SIGTERM/SIGINT.
 fn serve(path: Option<PathBuf>, roles: Roles) -> ExitCode {
     match load(path) {
-        Ok(checked) => run(async move {
-            App::build(checked, roles)
-                .await?
-                .run(app::shutdown_signal())
-                .await
-        }),
+        Ok(checked) => {
+            let runtime = app::main_runtime(&checked.config, roles);
+            run_on(runtime, async move {
+                App::build(checked, roles)
+                    .await?
+                    .run(app::shutdown_signal())
+                    .await
+            })
+        }
         Err(code) => code,
     }
 }
@@ -128,7 +131,14 @@ fn load(path: Option<PathBuf>) -> Result<Checked, ExitCode> {
 }
 
 fn run(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    run_on(tokio::runtime::Runtime::new(), task)
+}
+
+fn run_on(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("reviewloop: cannot start the runtime: {e}");

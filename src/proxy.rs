@@ -16,6 +16,7 @@ mod config;
 mod decode;
 pub mod headers;
 mod limits;
+mod serving;
 mod tap;
 
 use std::future::Future;
@@ -33,9 +34,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use self::accept::serve_connections;
-pub use self::config::ServerConfig;
+pub use self::config::{RuntimeModel, ServerConfig};
 pub use self::decode::{DecodeError, decode};
 pub use self::limits::Connections;
+pub use self::serving::{ProxyListener, serve_on};
 use self::limits::StallTimeout;
 use self::headers::{
     X_INVOKED_VARIANT, X_REQUEST_ID, X_REVIEWLOOP_ID, X_REVIEWLOOP_REVIEW,
@@ -127,6 +129,10 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Connections>,
+    /// Where the review of a streamed response runs once its body has ended: the runtime the
+    /// proxy was made on, which outlives the serving threads' runtimes until the records are
+    /// flushed.
+    background: Option<tokio::runtime::Handle>,
 }
 
 /// Set when a request's body stalled for `body_read_timeout`; carried in the request's
@@ -252,6 +258,22 @@ impl Proxy {
             metrics,
             in_flight,
             connections,
+            background: tokio::runtime::Handle::try_current().ok(),
+        })
+    }
+
+    /// The same proxy for another serving thread: its own upstream connections, everything
+    /// else (limits, metrics, the review pipeline) shared.
+    pub fn for_thread(&self) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            settings: self.settings.clone(),
+            upstream: self.upstream.for_thread(),
+            routes: self.routes.clone(),
+            hook: self.hook.clone(),
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            connections: self.connections.clone(),
+            background: self.background.clone(),
         })
     }
 
@@ -433,8 +455,11 @@ impl Proxy {
                 let proxy = self.clone();
                 let tapped = TapBody::capture(body, self.settings.max_inspect_bytes, move |copy| {
                     if let Some(exchange) = pending.complete(copy, &proxy.metrics) {
-                        let handled = proxy.hook.on_exchange(exchange);
-                        tokio::spawn(handled.in_current_span());
+                        let handled = proxy.hook.on_exchange(exchange).in_current_span();
+                        match &proxy.background {
+                            Some(runtime) => drop(runtime.spawn(handled)),
+                            None => drop(tokio::spawn(handled)),
+                        }
                     }
                 });
                 self.count(&route, status);
@@ -525,6 +550,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     info!(address = %listener.local_addr()?, "proxy listening");
+    serve_quietly(listener, proxy, shutdown).await
+}
+
+/// [`serve`] without the log line (a serving thread of many).
+async fn serve_quietly(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let grace = proxy.settings.shutdown_grace;
     let connections = proxy.connections.clone();
     let handler = move |request| {

@@ -1,22 +1,19 @@
-//! Calling the model: an HTTP model server (pooled keep-alive connections) or a SageMaker
-//! endpoint. Both take and give plain `http` requests and responses, so the proxy's capture,
+//! Calling the model: an HTTP model server (keep-alive connections pooled per serving thread)
+//! or a SageMaker endpoint. Both take and give plain `http` requests and responses, so the proxy's capture,
 //! decision and Kafka path is the same code whatever the upstream.
 
 mod config;
+mod http1;
 mod sagemaker;
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 pub use self::config::{UpstreamConfig, UpstreamKind};
+pub use self::http1::HttpUpstream;
 pub use self::sagemaker::SagemakerUpstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -125,6 +122,15 @@ impl Upstream {
         }
     }
 
+    /// The same upstream for another serving thread: an HTTP model server gets a connection
+    /// pool of its own there; a SageMaker client is shared (the AWS SDK pools its own).
+    pub fn for_thread(&self) -> Upstream {
+        match self {
+            Upstream::Http(http) => Upstream::Http(http.for_thread()),
+            Upstream::Sagemaker(sagemaker) => Upstream::Sagemaker(sagemaker.clone()),
+        }
+    }
+
     /// Sends one request; the response head is back when this resolves, the body streams.
     pub async fn call(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
         match self {
@@ -134,65 +140,8 @@ impl Upstream {
     }
 }
 
-/// An HTTP/1.1 model server reached through a keep-alive connection pool.
-pub struct HttpUpstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: Authority,
-    base_path: String,
-}
-
-impl HttpUpstream {
-    pub fn new(url: &str, connect_timeout: Duration) -> Result<HttpUpstream, UpstreamInitError> {
-        let BaseUrl {
-            scheme,
-            authority,
-            base_path,
-        } = BaseUrl::parse(url).map_err(|e| UpstreamInitError(format!("url {url:?} {e}")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            // Model servers commonly close idle connections after 60–75 s; stay under that.
-            .pool_idle_timeout(Duration::from_secs(55))
-            .build(connector);
-        Ok(HttpUpstream {
-            client,
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    /// The upstream URI for a client request target: base path + the client's path and query.
-    fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
-        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        let joined = format!("{}{}", self.base_path, path_and_query);
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()
-            .map_err(|e| UpstreamError::Failed(Box::new(e)))
-    }
-
-    async fn call(&self, mut request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        *request.uri_mut() = self.target(request.uri())?;
-        // The upstream connection is HTTP/1.1 whatever the client spoke; hyper writes `Host`
-        // from the URI's authority.
-        *request.version_mut() = http::Version::HTTP_11;
-        request.headers_mut().remove(http::header::HOST);
-        match self.client.request(request).await {
-            Ok(response) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
-            Err(e) if e.is_connect() => Err(UpstreamError::Unreachable(Box::new(e))),
-            Err(e) => Err(UpstreamError::Failed(Box::new(e))),
-        }
-    }
-}
-
 /// A model server's base URL: `http://host:port/optional/base/path`.
 pub(crate) struct BaseUrl {
-    scheme: Scheme,
     authority: Authority,
     base_path: String,
 }
@@ -215,7 +164,6 @@ impl BaseUrl {
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
         Ok(BaseUrl {
-            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
             authority,
             base_path,
         })

@@ -504,9 +504,11 @@ async fn an_h2c_client_resetting_streams_in_a_loop_gets_goaway() {
         .expect("the connection ends")
         .unwrap();
     let error = result.expect_err("closed by GOAWAY");
-    assert_eq!(
-        error.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
+    // The proxy closes the connection right after its GOAWAY; a client still writing its flood
+    // (the proxy serves on threads of its own) may see the reset before it reads the GOAWAY.
+    // Why it was closed is in the count below either way.
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
         "{error}"
     );
     assert!(

@@ -466,3 +466,171 @@ async fn admin_serves_metrics_health_and_readiness_apart_from_the_data_port() {
     assert_eq!(get("/readyz").await.0.status, StatusCode::OK);
     assert_eq!(get("/nope").await.0.status, StatusCode::NOT_FOUND);
 }
+
+/// Requests spread over several serving threads, held by the upstream, then a shutdown: every
+/// thread stops accepting, every held request is answered, and the serving ends.
+async fn shutdown_drains_every_serving_thread(model: reviewloop::proxy::RuntimeModel) {
+    use reviewloop::metrics::Metrics;
+    use reviewloop::proxy::{Proxy, ProxyListener, ProxySettings, serve_on};
+    use reviewloop::upstream::Upstream;
+
+    let gate = std::sync::Arc::new(Semaphore::new(0));
+    let upstream_gate = gate.clone();
+    let upstream = spawn_upstream(move |_| {
+        let gate = upstream_gate.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            json_response(r#"[{"label":"ok","score":0.9}]"#)
+        }
+    })
+    .await;
+    let mut config = config_for(upstream);
+    config.server.runtime = model;
+    config.server.threads = 4;
+    let checked = config.check().unwrap();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let hook = std::sync::Arc::new(RecordingHook::default());
+    let proxy = Proxy::new(
+        ProxySettings::new(&checked.config.server, checked.config.upstream.timeout),
+        Upstream::from_config(&checked.config.upstream)
+            .await
+            .unwrap(),
+        checked.routes,
+        hook,
+        metrics.clone(),
+    );
+    let listener = ProxyListener::bind(&checked.config.server).unwrap();
+    let addr = listener.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(serve_on(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+
+    // One connection each (the kernel spreads them over the threads' listeners).
+    let url = format!("http://{addr}/invocations");
+    let held: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(send(post(&url, "application/json", "{}"))))
+        .collect();
+    while metrics.requests_in_flight.get() < 16 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(()).unwrap();
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a serving thread still accepts after the shutdown");
+    assert!(
+        !serving.is_finished(),
+        "the serving waits for the held requests"
+    );
+
+    gate.add_permits(16);
+    for request in held {
+        let (parts, body) = request.await.unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, r#"[{"label":"ok","score":0.9}]"#);
+    }
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("every serving thread ends once its requests are answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(metrics.requests_in_flight.get(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_drains_every_thread_per_core_runtime() {
+    shutdown_drains_every_serving_thread(reviewloop::proxy::RuntimeModel::ThreadPerCore).await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_multi_thread_runtime() {
+    shutdown_drains_every_serving_thread(reviewloop::proxy::RuntimeModel::MultiThread).await;
+}
+
+/// An upstream that counts the connections it accepted. With `close_after_each` it closes
+/// each connection right after one response, without saying so (no `Connection: close`), as a
+/// model server whose idle timeout is short does.
+async fn counting_upstream(
+    close_after_each: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ANSWER: &str = r#"[{"label":"ok","score":0.9}]"#;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    // Requests here are `{}` with a Content-Length: the head's end is enough.
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    seen.drain(..(end + 2).min(seen.len()));
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
+                        ANSWER.len()
+                    );
+                    if stream.write_all(response.as_bytes()).await.is_err() || close_after_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection_per_serving_thread() {
+    let (upstream, accepted) = counting_upstream(false).await;
+    let mut config = config_for(upstream);
+    config.server.threads = 2;
+    let proxy = spawn_proxy(config).await;
+    // One client connection: its requests are all served by one thread, on one upstream
+    // connection kept alive between them.
+    let client = client();
+    for _ in 0..20 {
+        let response = client
+            .request(post(&proxy.url("/invocations"), "application/json", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_its_connections_is_still_answered_every_time() {
+    let (upstream, accepted) = counting_upstream(true).await;
+    let proxy = spawn_proxy(config_for(upstream)).await;
+    let client = client();
+    for _ in 0..10 {
+        let response = client
+            .request(post(&proxy.url("/invocations"), "application/json", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+}

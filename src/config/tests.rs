@@ -418,3 +418,20 @@ fn redact_reads_its_key_and_routes_inherit_or_override() {
     assert_eq!(route.fields, config.redact.fields);
     assert_eq!(route.hash_key_file, config.redact.hash_key_file);
 }
+
+#[test]
+fn the_proxy_runtime_model_and_threads_are_read_checked_and_overridable() {
+    use crate::proxy::RuntimeModel;
+    let defaults = load("").unwrap().server;
+    assert_eq!(defaults.runtime, RuntimeModel::ThreadPerCore);
+    assert!(defaults.serving_threads() >= 1, "0 means one per core");
+    let config = load("[server]\nruntime = \"multi_thread\"\nthreads = 3\n").unwrap();
+    assert_eq!(config.server.runtime, RuntimeModel::MultiThread);
+    assert_eq!(config.server.serving_threads(), 3);
+    let config = load_env("", &[("REVIEWLOOP__SERVER__RUNTIME", "multi_thread")]).unwrap();
+    assert_eq!(config.server.runtime, RuntimeModel::MultiThread);
+    let err = load("[server]\nruntime = \"fibers\"\nthreads = 5000\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("server.runtime"), "{text}");
+    assert!(text.contains("server.threads = 5000"), "{text}");
+}

@@ -48,6 +48,24 @@ pub struct ServerConfig {
     /// Streams the proxy may reset because of the client's protocol errors (CVE-2025-8671,
     /// "MadeYouReset") before it closes the connection.
     pub h2_max_local_error_reset_streams: usize,
+    /// How the proxy's connections are served: see [`RuntimeModel`].
+    pub runtime: RuntimeModel,
+    /// Serving threads; 0 = one per core the process may run on.
+    pub threads: usize,
+}
+
+/// How the proxy schedules its connections (`server.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeModel {
+    /// `server.threads` single-threaded runtimes, each accepting its own connections on its
+    /// own `SO_REUSEPORT` listener and keeping its own upstream connections: a request and its
+    /// upstream call never change threads. The rest of the process (admin, Kafka, the joiner,
+    /// the console) runs on a separate runtime.
+    ThreadPerCore,
+    /// One work-stealing runtime for everything: a connection's tasks may move between
+    /// threads, which costs wake-ups but evens out a few very unequal connections.
+    MultiThread,
 }
 
 /// hyper's smallest HTTP/1 read buffer: a request head limit below it cannot be enforced.
@@ -74,9 +92,15 @@ impl Default for ServerConfig {
             h2_keepalive_timeout: Duration::from_secs(20),
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
+            runtime: RuntimeModel::ThreadPerCore,
+            threads: 0,
         }
     }
 }
+
+/// A sanity bound on `threads`: each serving thread has its own runtime, listener and
+/// upstream connections, so a typo like 10000 would exhaust descriptors, not scale.
+const MAX_THREADS: usize = 1024;
 
 /// nginx's `client_header_timeout` is 60 s, sized for people on slow links; a sidecar's clients
 /// (a load balancer, SageMaker, services in the same network) send a head in one packet.
@@ -92,6 +116,14 @@ const fn default_max_connections() -> usize {
 }
 
 impl ServerConfig {
+    /// The serving threads `threads` asks for: itself, or the cores this process may use.
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Every problem with the values, keys relative to `[server]`.
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -144,6 +176,13 @@ impl ServerConfig {
             "h2_max_concurrent_streams",
             "0",
             "must be at least 1",
+        );
+        require(
+            &mut problems,
+            self.threads <= MAX_THREADS,
+            "threads",
+            self.threads.to_string(),
+            "must be at most 1024 (0 = one per available core)",
         );
         problems
     }

@@ -63,7 +63,8 @@ macro_rules! shared_fields {
 }
 
 /// A SageMaker endpoint reached through the AWS SDK. (No `Debug`: it holds the credentials
-/// provider.)
+/// provider.) A clone shares the SDK client, its credentials cache and connection pool.
+#[derive(Clone)]
 pub struct SagemakerUpstream {
     client: Client,
     endpoint_name: String,

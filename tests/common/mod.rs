@@ -1,4 +1,4 @@
-//! Test harness: the proxy started in-process on 127.0.0.1:0 (the same `proxy::serve` the
+//! Test harness: the proxy started in-process on 127.0.0.1:0 (the same `proxy::serve_on` the
 //! binary runs), scripted upstream servers, and an HTTP client.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -20,7 +20,7 @@ use reviewloop::app::{self, App, Roles, Shutdown};
 use reviewloop::config::Config;
 use reviewloop::exchange::{BoxFuture, Exchange, ExchangeHook, Verdict};
 use reviewloop::metrics::Metrics;
-use reviewloop::proxy::{self, Proxy, ProxySettings};
+use reviewloop::proxy::{self, Proxy, ProxyListener, ProxySettings, RuntimeModel};
 use reviewloop::record::Reason;
 use reviewloop::upstream::{Body, Upstream};
 use tokio::net::TcpListener;
@@ -79,12 +79,20 @@ impl ExchangeHook for RecordingHook {
     }
 }
 
-/// A config pointing at `upstream`, listening on loopback port 0.
+/// A config pointing at `upstream`, listening on loopback port 0. The proxy's runtime model
+/// is the default unless `REVIEWLOOP__SERVER__RUNTIME` names one (as it would for the
+/// binary): `REVIEWLOOP__SERVER__RUNTIME=multi_thread cargo test --test proxy` runs the same
+/// tests on the other model.
 pub fn config_for(upstream: SocketAddr) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.upstream.url = format!("http://{upstream}");
+    if let Ok(model) = std::env::var("REVIEWLOOP__SERVER__RUNTIME") {
+        config.server.runtime = toml::Value::String(model)
+            .try_into::<RuntimeModel>()
+            .expect("REVIEWLOOP__SERVER__RUNTIME is thread_per_core or multi_thread");
+    }
     config
 }
 
@@ -118,10 +126,12 @@ pub async fn spawn_proxy_on(
         hook,
         metrics.clone(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let mut server = checked.config.server.clone();
+    server.listen = "127.0.0.1:0".parse().unwrap();
+    let listener = ProxyListener::bind(&server).unwrap();
+    let addr = listener.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(proxy::serve(listener, proxy, async {
+    tokio::spawn(proxy::serve_on(listener, proxy, async {
         let _ = stopped.await;
     }));
     TestProxy {

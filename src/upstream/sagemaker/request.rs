@@ -225,6 +225,7 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        discard(body).await;
         return Err(too_large());
     }
     // Read frame by frame rather than through `http_body_util::Limited`, whose generic error
@@ -247,6 +248,17 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, 
         }
     }
     Ok(bytes.freeze())
+}
+
+/// How long a refused body is read and dropped before the answer goes out (nginx's
+/// `lingering_timeout` is 5 s): closing a connection whose client is still sending resets it,
+/// and the client would see a broken pipe instead of the 413.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads `body` to its end and drops it, for at most [`LINGER`].
+async fn discard(mut body: Body) {
+    let drained = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 #[cfg(test)]
