@@ -163,8 +163,12 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pinning = args.pin.then(|| Pinning::new(cores)).transpose()?;
     if let Some(pin) = &pinning {
-        // Before the upstream's runtime starts its threads: they inherit this.
-        procs::pin_self(&pin.load)?;
+        // Before the upstream's runtime starts its threads: they inherit this. The broker
+        // (when its pid is known) goes with the load, off the proxy's core.
+        procs::pin(std::process::id(), &pin.load)?;
+        if let Some(broker) = args.broker_pid {
+            procs::pin(broker, &pin.load)?;
+        }
     }
     let plan = Plan {
         duration: args.duration.unwrap_or(if args.quick { 1 } else { 10 }),
@@ -204,7 +208,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(130);
     });
 
-    let machine = Machine::describe(&args, &reviewloop);
+    let machine = Machine::describe(&args, &reviewloop, cores);
     eprintln!(
         "bench: {} × {} ({} MiB); upstream {} answers {} bytes; work dir {}",
         machine.cores,
@@ -1000,7 +1004,8 @@ struct Machine {
 }
 
 impl Machine {
-    fn describe(args: &Args, reviewloop: &Path) -> Machine {
+    /// `cores`: counted before `--pin` narrowed this process's affinity.
+    fn describe(args: &Args, reviewloop: &Path, cores: usize) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let first_line = |program: &Path, arg: &str| {
@@ -1019,7 +1024,7 @@ impl Machine {
                 .unwrap_or_default()
         };
         Machine {
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cores,
             cpu_model: cpuinfo
                 .lines()
                 .find_map(|l| l.strip_prefix("model name"))

@@ -118,15 +118,15 @@ pub fn command_on(cpus: Option<&str>, program: &Path) -> Command {
     }
 }
 
-/// Moves every thread of this process onto `cpus` (threads started later inherit it).
-pub fn pin_self(cpus: &str) -> anyhow::Result<()> {
+/// Moves every thread of process `pid` onto `cpus` (threads started later inherit it).
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
     let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(Stdio::null())
         .status()
         .context("cannot run taskset (Debian: util-linux)")?;
     if !status.success() {
-        bail!("taskset -c {cpus} on the harness failed: {status}");
+        bail!("taskset -c {cpus} on pid {pid} failed: {status}");
     }
     Ok(())
 }
