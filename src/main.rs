@@ -11,6 +11,8 @@ use reviewloop::demo::{self, DemoOptions};
 use reviewloop::telemetry::{self, LogFormat};
 
 /// mimalloc instead of glibc malloc: the proxy allocates per request (bodies, headers, records).
+/// Its memory use is tuned from the environment (`MIMALLOC_PURGE_DELAY=0`,
+/// `MIMALLOC_ARENA_EAGER_COMMIT=0`, set in the Dockerfile; README "Memory").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

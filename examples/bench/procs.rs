@@ -222,6 +222,9 @@ pub fn start_reviewloop(
         .env("RUST_LOG", "info")
         .env("REVIEWLOOP__SERVER__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        // As the Dockerfile sets them: mimalloc's memory returned at once (peak RSS).
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
