@@ -591,6 +591,21 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Bodies made of JSON's tokens (valid and broken, out-of-range numbers, escapes):
+        /// the borrowed payload always writes what the parsed one writes.
+        #[test]
+        fn borrowed_and_parsed_payloads_agree_on_any_token_soup(
+            tokens in proptest::collection::vec(proptest::sample::select(vec![
+                "{", "}", "[", "]", ":", ",", " ", "\n", "\"k\"", "\"v\\u00e9\"", "\"\\ud800\"",
+                "1", "-0.5", "2e3", "1e400", "12345678901234567890123", "null", "true", "tru",
+            ]), 0..24),
+        ) {
+            let body = tokens.concat();
+            same_as_payload(Some("application/json"), body.as_bytes());
+        }
+    }
+
     #[test]
     fn a_json_body_is_written_as_it_came() {
         let body = br#"{ "z": 1.50, "a": [ true ] }"#;
