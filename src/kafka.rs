@@ -11,7 +11,7 @@ mod topics;
 
 pub use self::answers::AnswerPublisher;
 pub use self::config::{Delivery, EMBEDDED_BROKERS, KafkaConfig, is_secret_option};
-pub use self::sink::ReviewSink;
+pub use self::sink::{RecordMeta, ReviewSink};
 #[cfg(feature = "test-util")]
 pub use self::sink::SinkError;
 pub(crate) use self::topics::{TopicAdmin, TopicSpec};
@@ -103,7 +103,7 @@ impl ConsumerContext for ReaderContext {}
 
 /// The CloudEvents Kafka binding headers (binary mode) for one record.
 pub fn cloudevent_headers(ce_type: &str, id: &str, time: &str) -> OwnedHeaders {
-    let ce_id = uuid::Uuid::now_v7().to_string();
+    let ce_id = crate::ids::new_v7_string();
     cloudevent_headers_with_id(&ce_id, ce_type, id, time)
 }
 

@@ -28,6 +28,7 @@
 //!   its serving threads (thread-per-core or one multi-thread runtime).
 //! - `route`: request paths to routes; each route carries its bounded label and its policy.
 //! - `exchange`: what the proxy hands to the review pipeline, and the hook trait.
+//! - `ids`: new UUIDv7 ids (record ids, CloudEvent ids) from per-thread state, lock-free.
 //! - `confidence`: `[confidence]`, reading one confidence from any model's response (pure).
 //! - `conditions`: A2I activation conditions (pure).
 //! - `decision`: `[review]`, one route's compiled policy: conditions, sampling, budget,
@@ -76,6 +77,7 @@ internal!(
     console,
     decision,
     exchange,
+    ids,
     join,
     kafka,
     label_studio,

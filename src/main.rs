@@ -10,6 +10,12 @@ use reviewloop::config::{Checked, Config};
 use reviewloop::demo::{self, DemoOptions};
 use reviewloop::telemetry::{self, LogFormat};
 
+/// mimalloc instead of glibc malloc: the proxy allocates per request (bodies, headers, records).
+/// Its memory use is tuned from the environment (`MIMALLOC_PURGE_DELAY=0`,
+/// `MIMALLOC_ARENA_EAGER_COMMIT=0`, set in the Dockerfile; README "Memory").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits.h EX_CONFIG-ish: the configuration is wrong (EX_USAGE = 64).
 const EXIT_BAD_CONFIG: u8 = 64;
 

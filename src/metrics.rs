@@ -5,9 +5,11 @@
 //! [`crate::record`]). Series whose labels are such an enum exist at 0 from the start, so a
 //! dashboard's `rate()` and an alert see them before the first event.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::record::{DeadLetterReason, Reason};
@@ -153,6 +155,8 @@ pub struct Metrics {
     pub model_agreement_total: IntCounterVec,
     /// `route`, `bucket` ("0.0".."0.9"), `agreed`: the same by the record's confidence.
     pub calibration_total: IntCounterVec,
+    /// `reviews_skipped_total`'s series in [`SkipReason::ALL`] order, resolved once.
+    skipped: [IntCounter; SkipReason::ALL.len()],
 }
 
 /// The calibration bucket of a confidence: its tenth, "0.0" to "0.9" (1.0 falls in "0.9").
@@ -341,9 +345,8 @@ impl Metrics {
         ] {
             registry.register(collector).expect("registered once");
         }
-        for reason in SkipReason::ALL {
-            reviews_skipped_total.with_label_values(&[reason.as_str()]);
-        }
+        let skipped = SkipReason::ALL
+            .map(|reason| reviews_skipped_total.with_label_values(&[reason.as_str()]));
         for result in AnswerResult::ALL {
             join_answers_total.with_label_values(&[result.as_str()]);
         }
@@ -375,21 +378,18 @@ impl Metrics {
             review_threshold,
             model_agreement_total,
             calibration_total,
+            skipped,
         }
     }
 
     /// A response not reviewed for `reason`.
     pub fn review_skipped(&self, reason: SkipReason) {
-        self.reviews_skipped_total
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        self.skipped[reason as usize].inc();
     }
 
     /// How many responses were not reviewed for `reason` so far.
     pub fn reviews_skipped(&self, reason: SkipReason) -> u64 {
-        self.reviews_skipped_total
-            .with_label_values(&[reason.as_str()])
-            .get()
+        self.skipped[reason as usize].get()
     }
 
     /// A response of `route` sent to review, once per reason.
@@ -460,6 +460,97 @@ impl Default for Metrics {
     }
 }
 
+/// The series of one route, each resolved on first use and then kept: counting a request
+/// neither hashes its labels nor takes its family's lock (`with_label_values` does both). A
+/// series still appears in `/metrics` only once used, as with `with_label_values`.
+pub struct RouteSeries {
+    label: String,
+    requests_total: IntCounterVec,
+    upstream_duration_seconds: HistogramVec,
+    confidence: HistogramVec,
+    review_threshold: GaugeVec,
+    reviews_diverted_total: IntCounterVec,
+    /// By status class: 1xx..5xx.
+    requests: [OnceLock<IntCounter>; 5],
+    upstream_duration: OnceLock<Histogram>,
+    confidence_seen: OnceLock<Histogram>,
+    threshold: OnceLock<Gauge>,
+    /// By [`Reason`]: low_confidence, sampled, forced.
+    diverted: [OnceLock<IntCounter>; 3],
+}
+
+impl RouteSeries {
+    /// The series of the route labelled `route` in `metrics`.
+    pub fn new(metrics: &Metrics, route: &str) -> RouteSeries {
+        RouteSeries {
+            label: route.to_owned(),
+            requests_total: metrics.requests_total.clone(),
+            upstream_duration_seconds: metrics.upstream_duration_seconds.clone(),
+            confidence: metrics.confidence.clone(),
+            review_threshold: metrics.review_threshold.clone(),
+            reviews_diverted_total: metrics.reviews_diverted_total.clone(),
+            requests: Default::default(),
+            upstream_duration: OnceLock::new(),
+            confidence_seen: OnceLock::new(),
+            threshold: OnceLock::new(),
+            diverted: Default::default(),
+        }
+    }
+
+    /// The route label these series carry.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// A request of this route answered with `status` (`requests_total{route, code}`).
+    pub fn request(&self, status: u16) {
+        let class = status_class(status);
+        let slot = usize::from(class.as_bytes()[0] - b'1');
+        self.requests[slot]
+            .get_or_init(|| self.requests_total.with_label_values(&[&self.label, class]))
+            .inc();
+    }
+
+    /// Seconds to the upstream's response head (`upstream_duration_seconds{route}`).
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.upstream_duration
+            .get_or_init(|| {
+                self.upstream_duration_seconds
+                    .with_label_values(&[&self.label])
+            })
+            .observe(seconds);
+    }
+
+    /// A confidence read from a response (`confidence{route}`).
+    pub fn confidence(&self, confidence: f64) {
+        self.confidence_seen
+            .get_or_init(|| self.confidence.with_label_values(&[&self.label]))
+            .observe(confidence);
+    }
+
+    /// The route's live threshold (`review_threshold{route}`).
+    pub fn threshold(&self, threshold: f64) {
+        self.threshold
+            .get_or_init(|| self.review_threshold.with_label_values(&[&self.label]))
+            .set(threshold);
+    }
+
+    /// A response sent to review for `reason` (`reviews_diverted_total{route, reason}`).
+    pub fn diverted(&self, reason: Reason) {
+        let slot = match reason {
+            Reason::LowConfidence => 0,
+            Reason::Sampled => 1,
+            Reason::Forced => 2,
+        };
+        self.diverted[slot]
+            .get_or_init(|| {
+                self.reviews_diverted_total
+                    .with_label_values(&[&self.label, reason.as_str()])
+            })
+            .inc();
+    }
+}
+
 /// The `code` label of `reviewloop_requests_total`: the status class.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -520,6 +611,44 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn route_series_count_into_the_labelled_series_and_appear_once_used() {
+        let m = Metrics::new();
+        let series = RouteSeries::new(&m, "sentiment");
+        assert!(!m.render().contains("route=\"sentiment\""));
+        series.request(200);
+        series.request(204);
+        series.request(503);
+        series.upstream_duration(0.002);
+        series.confidence(0.42);
+        series.threshold(0.6);
+        series.diverted(Reason::Sampled);
+        series.diverted(Reason::Sampled);
+        m.review_skipped(SkipReason::TooLarge);
+        let get = |code: &str| {
+            m.requests_total
+                .with_label_values(&["sentiment", code])
+                .get()
+        };
+        assert_eq!((get("2xx"), get("5xx")), (2, 1));
+        let text = m.render();
+        for line in [
+            "reviewloop_requests_total{code=\"2xx\",route=\"sentiment\"} 2",
+            "reviewloop_requests_total{code=\"5xx\",route=\"sentiment\"} 1",
+            "reviewloop_upstream_duration_seconds_count{route=\"sentiment\"} 1",
+            "reviewloop_confidence_bucket{route=\"sentiment\",le=\"0.45\"} 1",
+            "reviewloop_review_threshold{route=\"sentiment\"} 0.6",
+            "reviewloop_reviews_diverted_total{reason=\"sampled\",route=\"sentiment\"} 2",
+            "reviewloop_reviews_skipped_total{reason=\"too_large\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Only the classes and reasons used exist.
+        assert!(!text.contains("code=\"4xx\""), "{text}");
+        assert!(!text.contains("reason=\"forced\""), "{text}");
+        assert_eq!(m.reviews_skipped(SkipReason::TooLarge), 1);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, warn};
 
 pub use self::accept::serve_connections;
 pub use self::config::{RuntimeModel, ServerConfig};
@@ -46,7 +46,7 @@ use self::headers::{
 use self::tap::{Copy, TapBody};
 use crate::decision::Force;
 use crate::exchange::{Captured, Exchange, ExchangeHook};
-use crate::metrics::{Metrics, SkipReason, status_class};
+use crate::metrics::{Metrics, RouteSeries, SkipReason};
 use crate::record::ModelInfo;
 use crate::route::{Route, RouteTable};
 use crate::upstream::{Body, BoxError, Upstream, UpstreamError, full_body};
@@ -127,6 +127,8 @@ pub struct Proxy {
     routes: Arc<RouteTable>,
     hook: Arc<dyn ExchangeHook>,
     metrics: Arc<Metrics>,
+    /// Per route, in [`RouteTable::routes`] order: its series, resolved once.
+    series: Arc<[RouteSeries]>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Connections>,
     /// Where the review of a streamed response runs once its body has ended: the runtime the
@@ -181,14 +183,14 @@ impl Pending {
             &response.bytes,
             self.cap,
         ) {
-            Ok(decoded) => Bytes::from(decoded),
+            Ok(decoded) => decoded,
             Err(DecodeError::TooLarge) => {
                 metrics.review_skipped(SkipReason::TooLarge);
                 return None;
             }
             // Undecodable: inspect the bytes as they are (the decision finds no confidence).
             Err(e) => {
-                debug!(error = %e, "response body not decoded for inspection");
+                debug!(id = %self.id, error = %e, "response body not decoded for inspection");
                 response.bytes
             }
         };
@@ -198,7 +200,7 @@ impl Pending {
                 match decode(encoding, &copy.bytes, self.cap) {
                     Ok(body) => Captured {
                         content_type: self.request_content_type,
-                        body: Bytes::from(body),
+                        body,
                         truncated: false,
                     },
                     Err(_) => Captured {
@@ -250,12 +252,17 @@ impl Proxy {
             metrics.proxy_errors_total.with_label_values(&[error_type]);
         }
         let connections = Connections::new(&settings.server, "proxy", Some(metrics.clone()));
+        let series = routes
+            .routes()
+            .map(|route| RouteSeries::new(&metrics, route.label()))
+            .collect();
         Arc::new(Proxy {
             settings,
             upstream,
             routes,
             hook,
             metrics,
+            series,
             in_flight,
             connections,
             background: tokio::runtime::Handle::try_current().ok(),
@@ -271,6 +278,7 @@ impl Proxy {
             routes: self.routes.clone(),
             hook: self.hook.clone(),
             metrics: self.metrics.clone(),
+            series: self.series.clone(),
             in_flight: self.in_flight.clone(),
             connections: self.connections.clone(),
             background: self.background.clone(),
@@ -291,25 +299,20 @@ impl Proxy {
         self.handle_body(request).await
     }
 
+    // No span per request: creating one formats its fields (JSON logs) and entering it takes
+    // the filter's lock on every poll. The few events on this path carry `id` and `route`.
     async fn handle_body(self: Arc<Self>, request: Request<Body>) -> Response<Body> {
         let id = record_id(request.headers());
         let route = self.routes.resolve(request.uri().path()).clone();
-        let span = info_span!("request", %id, method = %request.method(), route = %route.label());
-        async move {
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                return self.error_response(&id, &route, ProxyError::Overloaded);
-            };
-            self.metrics.requests_in_flight.inc();
-            let guard = InFlight {
-                _permit: permit,
-                metrics: self.metrics.clone(),
-            };
-            let response = self.forward(request, id, route, guard).await;
-            debug!(status = response.status().as_u16(), "response head sent");
-            response
-        }
-        .instrument(span)
-        .await
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return self.error_response(&id, &route, ProxyError::Overloaded);
+        };
+        self.metrics.requests_in_flight.inc();
+        let guard = InFlight {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        };
+        self.forward(request, id, route, guard).await
     }
 
     async fn forward(
@@ -356,7 +359,7 @@ impl Proxy {
         let response = match result {
             Ok(response) => response,
             Err(_) if client_body_stalled.is_some_and(|s| s.0.load(Ordering::Relaxed)) => {
-                debug!("request body stalled");
+                debug!(%id, route = route.label(), "request body stalled");
                 let mut response = self.error_response(&id, &route, ProxyError::ClientBodyTimeout);
                 if http1 {
                     // The rest of the body may still come: the connection cannot be reused.
@@ -368,14 +371,13 @@ impl Proxy {
                 return response;
             }
             Err(e) => {
-                warn!(error = %e, "upstream call failed");
+                warn!(%id, route = route.label(), error = %e, "upstream call failed");
                 return self.error_response(&id, &route, e.into());
             }
         };
-        self.metrics
-            .upstream_duration_seconds
-            .with_label_values(&[route.label()])
-            .observe(started.elapsed().as_secs_f64());
+        self.series(&route, |series| {
+            series.upstream_duration(started.elapsed().as_secs_f64());
+        });
 
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -428,7 +430,7 @@ impl Proxy {
                     Ok(Ok(collected)) => collected.to_bytes(),
                     Ok(Err(e)) => {
                         let e = UpstreamError::Failed(e);
-                        warn!(error = %e, "upstream body failed");
+                        warn!(%id, route = route.label(), error = %e, "upstream body failed");
                         return self.error_response(&id, &route, e.into());
                     }
                     Err(_) => {
@@ -477,10 +479,15 @@ impl Proxy {
     }
 
     fn count(&self, route: &Route, status: StatusCode) {
-        self.metrics
-            .requests_total
-            .with_label_values(&[route.label(), status_class(status.as_u16())])
-            .inc();
+        self.series(route, |series| series.request(status.as_u16()));
+    }
+
+    /// Runs `count` on `route`'s series (always this proxy's table: it resolved the route).
+    fn series(&self, route: &Route, count: impl FnOnce(&RouteSeries)) {
+        match self.series.get(route.index()) {
+            Some(series) if series.label() == route.label() => count(series),
+            _ => count(&RouteSeries::new(&self.metrics, route.label())),
+        }
     }
 
     fn error_response(&self, id: &str, route: &Route, error: ProxyError) -> Response<Body> {

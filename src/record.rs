@@ -127,6 +127,159 @@ impl Payload {
     }
 }
 
+/// A captured body as [`Payload::from_bytes`] would carry it, but borrowed from the captured
+/// bytes: a JSON body is checked as [`Payload::from_bytes`] checks it (the same numbers, strings
+/// and nesting are refused) and then embedded as the bytes it arrived in, never parsed into a
+/// `Value` tree and written out again. Serializes to the same fields as [`Payload`].
+#[derive(Debug, Serialize)]
+pub struct PayloadRef<'a> {
+    pub content_type: Option<&'a str>,
+    pub encoding: Encoding,
+    pub body: BodyRef<'a>,
+}
+
+/// The `body` of a [`PayloadRef`].
+#[derive(Debug)]
+pub enum BodyRef<'a> {
+    /// Checked JSON, written as it came (its whitespace and key order kept).
+    Json(&'a serde_json::value::RawValue),
+    Utf8(&'a str),
+    /// Written as a base64 string.
+    Base64(&'a [u8]),
+}
+
+impl Serialize for BodyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BodyRef::Json(raw) => raw.serialize(serializer),
+            BodyRef::Utf8(text) => serializer.serialize_str(text),
+            BodyRef::Base64(bytes) => serializer.collect_str(&base64::display::Base64Display::new(
+                bytes,
+                &base64::engine::general_purpose::STANDARD,
+            )),
+        }
+    }
+}
+
+impl<'a> PayloadRef<'a> {
+    /// The same choice of encoding as [`Payload::from_bytes`], without copying the body.
+    pub fn from_bytes(content_type: Option<&'a str>, bytes: &'a [u8]) -> PayloadRef<'a> {
+        let json = content_type.is_some_and(is_json_content_type)
+            && serde_json::from_slice::<JsonChecked>(bytes).is_ok();
+        let body = match json.then(|| serde_json::from_slice(bytes).ok()).flatten() {
+            Some(raw) => {
+                return PayloadRef {
+                    content_type,
+                    encoding: Encoding::Json,
+                    body: BodyRef::Json(raw),
+                };
+            }
+            None => match std::str::from_utf8(bytes) {
+                Ok(text) => BodyRef::Utf8(text),
+                Err(_) => BodyRef::Base64(bytes),
+            },
+        };
+        PayloadRef {
+            content_type,
+            encoding: match body {
+                BodyRef::Base64(_) => Encoding::Base64,
+                _ => Encoding::Utf8,
+            },
+            body,
+        }
+    }
+}
+
+/// Accepts exactly the JSON documents `serde_json::from_slice::<Value>` accepts (numbers in
+/// range, valid strings, nesting within its limit), building nothing.
+struct JsonChecked;
+
+impl<'de> Deserialize<'de> for JsonChecked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonChecked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonChecked {
+    type Value = JsonChecked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_unit<E>(self) -> Result<JsonChecked, E> {
+        Ok(JsonChecked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonChecked, A::Error> {
+        while seq.next_element::<JsonChecked>()?.is_some() {}
+        Ok(JsonChecked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonChecked, A::Error> {
+        while map.next_entry::<JsonChecked, JsonChecked>()?.is_some() {}
+        Ok(JsonChecked)
+    }
+}
+
+/// A review record written straight from the exchange's captured bytes (bodies as
+/// [`PayloadRef`]s): the same JSON fields, in the same order, as [`ReviewRecord`] — what the
+/// proxy sends for a route that does not redact, so a diverted body is not parsed twice.
+#[derive(Debug, Serialize)]
+pub struct ReviewRecordRef<'a> {
+    pub id: &'a str,
+    pub time: String,
+    pub route: &'a str,
+    pub request: PayloadRef<'a>,
+    pub response: ResponsePayloadRef<'a>,
+    pub confidence: Option<f64>,
+    pub reasons: &'a [Reason],
+    pub sample_percent: f64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub conditions: &'a [String],
+    #[serde(skip_serializing_if = "no_model")]
+    pub model: &'a ModelInfo,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
+}
+
+fn no_model(model: &&ModelInfo) -> bool {
+    model.is_empty()
+}
+
+/// [`ResponsePayload`] borrowed: the status, then the payload's fields.
+#[derive(Debug, Serialize)]
+pub struct ResponsePayloadRef<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a str>,
+    pub encoding: Encoding,
+    pub body: BodyRef<'a>,
+}
+
+impl<'a> ResponsePayloadRef<'a> {
+    pub fn new(status: u16, payload: PayloadRef<'a>) -> ResponsePayloadRef<'a> {
+        ResponsePayloadRef {
+            status,
+            content_type: payload.content_type,
+            encoding: payload.encoding,
+            body: payload.body,
+        }
+    }
+}
+
 /// `application/json`, `application/problem+json`, `application/vnd.x+json; charset=utf-8`…
 pub fn is_json_content_type(content_type: &str) -> bool {
     let essence = content_type
@@ -403,6 +556,66 @@ pub fn rfc3339_millis(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record a [`PayloadRef`] writes, read back, is the one [`Payload`] writes.
+    fn same_as_payload(content_type: Option<&str>, bytes: &[u8]) {
+        let by_value = serde_json::to_value(Payload::from_bytes(content_type, bytes)).unwrap();
+        let text = serde_json::to_string(&PayloadRef::from_bytes(content_type, bytes)).unwrap();
+        let by_ref: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            by_ref,
+            by_value,
+            "{content_type:?} {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    #[test]
+    fn borrowed_payloads_write_what_payloads_write_for_every_kind_of_body() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let json = Some("application/json");
+        for body in [
+            &br#"[[{"label":"joy","score":0.97},{"label":"anger","score":0.01}]]"#[..],
+            b" { \"b\" : [1, 2.50, -3e2],\n \"a\": null } ",
+            b"1e400",
+            br#""\ud800""#,
+            br#"{"x": "caf\u00e9"}"#,
+            br#"{"cut": [1, 2"#,
+            b"",
+            b"\xff\xfe not utf-8",
+            deep.as_bytes(),
+        ] {
+            same_as_payload(json, body);
+            same_as_payload(Some("text/plain"), body);
+            same_as_payload(None, body);
+        }
+    }
+
+    proptest::proptest! {
+        /// Bodies made of JSON's tokens (valid and broken, out-of-range numbers, escapes):
+        /// the borrowed payload always writes what the parsed one writes.
+        #[test]
+        fn borrowed_and_parsed_payloads_agree_on_any_token_soup(
+            tokens in proptest::collection::vec(proptest::sample::select(vec![
+                "{", "}", "[", "]", ":", ",", " ", "\n", "\"k\"", "\"v\\u00e9\"", "\"\\ud800\"",
+                "1", "-0.5", "2e3", "1e400", "12345678901234567890123", "null", "true", "tru",
+            ]), 0..24),
+        ) {
+            let body = tokens.concat();
+            same_as_payload(Some("application/json"), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_json_body_is_written_as_it_came() {
+        let body = br#"{ "z": 1.50, "a": [ true ] }"#;
+        let text =
+            serde_json::to_string(&PayloadRef::from_bytes(Some("application/json"), body)).unwrap();
+        assert!(
+            text.ends_with(r#""body":{ "z": 1.50, "a": [ true ] }}"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn bodies_are_encoded_by_what_they_are() {

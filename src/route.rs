@@ -34,18 +34,26 @@ pub struct Route(Arc<RouteInner>);
 
 #[derive(Debug)]
 struct RouteInner {
+    /// Its place in [`RouteTable::routes`], for tables kept per route (metric handles).
+    index: usize,
     label: Arc<str>,
     policy: Arc<Policy>,
     redactor: Arc<Redactor>,
 }
 
 impl Route {
-    fn new(label: &str, policy: Arc<Policy>, redactor: Arc<Redactor>) -> Route {
+    fn new(index: usize, label: &str, policy: Arc<Policy>, redactor: Arc<Redactor>) -> Route {
         Route(Arc::new(RouteInner {
+            index,
             label: Arc::from(label),
             policy,
             redactor,
         }))
+    }
+
+    /// This route's position in its table's [`RouteTable::routes`].
+    pub fn index(&self) -> usize {
+        self.0.index
     }
 
     /// The metrics label and the review record's `route`.
@@ -158,7 +166,8 @@ impl RouteTable {
             let redactor = Redactor::new(&route.redact)
                 .map_err(|found| problems.extend(found.into_iter().map(|p| p.under(&prefix))));
             if let (Ok(pattern), Ok(policy), Ok(redactor)) = (pattern, policy, redactor) {
-                let route = Route::new(&route.name, Arc::new(policy), Arc::new(redactor));
+                let index = configured.len();
+                let route = Route::new(index, &route.name, Arc::new(policy), Arc::new(redactor));
                 configured.push((pattern, route));
             }
         }
@@ -168,18 +177,40 @@ impl RouteTable {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let first = configured.len();
         let well_known = WELL_KNOWN
             .iter()
-            .map(|template| {
-                let route = Route::new(template, default.clone(), default_redactor.clone());
+            .enumerate()
+            .map(|(i, template)| {
+                let route = Route::new(
+                    first + i,
+                    template,
+                    default.clone(),
+                    default_redactor.clone(),
+                );
                 (Pattern::Template(parse_template(template)), route)
             })
             .collect();
+        let other = Route::new(
+            first + WELL_KNOWN.len(),
+            OTHER,
+            default,
+            default_redactor,
+        );
         Ok(RouteTable {
             configured,
             well_known,
-            other: Route::new(OTHER, default, default_redactor),
+            other,
         })
+    }
+
+    /// Every route, in [`Route::index`] order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.configured
+            .iter()
+            .chain(&self.well_known)
+            .map(|(_, route)| route)
+            .chain([&self.other])
     }
 
     /// Every route's redactor (the default one once), e.g. to initialise their metrics.
@@ -311,6 +342,20 @@ mod tests {
 
     fn label<'a>(t: &'a RouteTable, path: &str) -> &'a str {
         t.resolve(path).label()
+    }
+
+    #[test]
+    fn every_route_sits_at_its_index_so_per_route_tables_line_up() {
+        let t = table(&[("sentiment", "/v2/models/{model}/infer"), ("api", "/api")]);
+        let routes: Vec<&Route> = t.routes().collect();
+        assert_eq!(routes.len(), 2 + WELL_KNOWN.len() + 1);
+        for (i, route) in routes.iter().enumerate() {
+            assert_eq!(route.index(), i, "{}", route.label());
+        }
+        for path in ["/api/x", "/invocations", "/nowhere/at/all", "/v2/models/m/infer"] {
+            let resolved = t.resolve(path);
+            assert_eq!(routes[resolved.index()].label(), resolved.label(), "{path}");
+        }
     }
 
     #[test]

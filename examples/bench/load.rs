@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -81,6 +80,8 @@ impl WrkRun {
 pub struct Wrk<'a> {
     pub binary: &'a Path,
     pub script: &'a Path,
+    /// The CPUs wrk runs on (`--pin`), away from the proxy under test.
+    pub cpus: Option<&'a str>,
 }
 
 impl Wrk<'_> {
@@ -92,7 +93,7 @@ impl Wrk<'_> {
         connections: usize,
         seconds: u64,
     ) -> anyhow::Result<WrkRun> {
-        let output = Command::new(self.binary)
+        let output = crate::procs::command_on(self.cpus, self.binary)
             .arg(format!("-t{}", threads.min(connections)))
             .arg(format!("-c{connections}"))
             .arg(format!("-d{seconds}s"))

@@ -78,6 +78,15 @@ struct Args {
     /// healthy), and its ratio to the same without the spool.
     #[arg(long)]
     spool: bool,
+    /// Pins the proxy under test (nginx with one worker, each reviewloop) to the first core and
+    /// wrk, the upstream and this harness to the others (`taskset`), so that CPU per request is
+    /// not blurred by the load generator sharing the proxy's core. Needs 2 cores or more.
+    #[arg(long)]
+    pin: bool,
+    /// A second reviewloop binary (B) measured as extra targets in the same alternating rounds,
+    /// with the ratios B / A printed: an A/B of two builds from one run.
+    #[arg(long, value_name = "BIN")]
+    reviewloop_b: Option<PathBuf>,
     /// Instead of the comparison: push this many requests through one reviewloop diverting
     /// 10 % and print its RSS after the warm-up and at the end.
     #[arg(long, value_name = "REQUESTS")]
@@ -97,11 +106,36 @@ struct Plan {
     single_duration: u64,
     sse_samples: usize,
     threads: usize,
+    pinning: Option<Pinning>,
+}
+
+/// `--pin`: `taskset` CPU lists of the proxy under test and of everything else.
+struct Pinning {
+    proxy: String,
+    load: String,
+}
+
+impl Pinning {
+    fn new(cores: usize) -> anyhow::Result<Pinning> {
+        if cores < 2 {
+            bail!("--pin needs 2 cores or more (this machine has {cores})");
+        }
+        Ok(Pinning {
+            proxy: "0".into(),
+            load: if cores == 2 {
+                "1".into()
+            } else {
+                format!("1-{}", cores - 1)
+            },
+        })
+    }
 }
 
 /// What the load goes through.
 struct Target {
     key: &'static str,
+    /// The configuration measured (for a `--reviewloop-b` target, the A target's key).
+    variant: &'static str,
     label: &'static str,
     addr: SocketAddr,
     process: Option<Guarded>,
@@ -115,10 +149,27 @@ const DIVERT10: &str = "reviewloop_divert_10";
 const INSPECT: &str = "reviewloop_divert_0";
 const DIVERT100: &str = "reviewloop_divert_100";
 const DIVERT10_SPOOL: &str = "reviewloop_divert_10_spool";
+const PASSTHROUGH: &str = "reviewloop_passthrough";
+/// The suffix of `--reviewloop-b`'s targets.
+const B_SUFFIX: &str = "_b";
+
+/// The configuration a target measures: its key without the B suffix.
+fn variant_of(key: &str) -> &str {
+    key.strip_suffix(B_SUFFIX).unwrap_or(key)
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pinning = args.pin.then(|| Pinning::new(cores)).transpose()?;
+    if let Some(pin) = &pinning {
+        // Before the upstream's runtime starts its threads: they inherit this. The broker
+        // (when its pid is known) goes with the load, off the proxy's core.
+        procs::pin(std::process::id(), &pin.load)?;
+        if let Some(broker) = args.broker_pid {
+            procs::pin(broker, &pin.load)?;
+        }
+    }
     let plan = Plan {
         duration: args.duration.unwrap_or(if args.quick { 1 } else { 10 }),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
@@ -127,7 +178,10 @@ fn main() -> anyhow::Result<()> {
             .single_duration
             .unwrap_or(if args.quick { 1 } else { 5 }),
         sse_samples: args.sse_samples.unwrap_or(if args.quick { 3 } else { 40 }),
-        threads: args.threads.unwrap_or(cores),
+        threads: args
+            .threads
+            .unwrap_or(if pinning.is_some() { cores - 1 } else { cores }),
+        pinning,
     };
     let reviewloop = match &args.reviewloop {
         Some(path) => path.clone(),
@@ -154,7 +208,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(130);
     });
 
-    let machine = Machine::describe(&args, &reviewloop);
+    let machine = Machine::describe(&args, &reviewloop, cores);
     eprintln!(
         "bench: {} × {} ({} MiB); upstream {} answers {} bytes; work dir {}",
         machine.cores,
@@ -199,7 +253,9 @@ fn run(
     let wrk = Wrk {
         binary: &args.wrk,
         script: &script,
+        cpus: plan.pinning.as_ref().map(|p| p.load.as_str()),
     };
+    let proxy_cpus = plan.pinning.as_ref().map(|p| p.proxy.as_str());
 
     if let Some(requests) = args.soak {
         // `--kafka mock`: librdkafka's mock cluster in this process, so the broker's memory
@@ -211,7 +267,7 @@ fn run(
         let target = start_reviewloop_target(
             args,
             &brokers,
-            reviewloop,
+            (reviewloop, proxy_cpus),
             upstream,
             work,
             children,
@@ -229,6 +285,7 @@ fn run(
 
     let mut targets = vec![Target {
         key: DIRECT,
+        variant: DIRECT,
         label: "direct (no proxy)",
         addr: upstream.addr,
         process: None,
@@ -237,16 +294,30 @@ fn run(
     }];
     let nginx_dir = work.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
-    let (nginx, nginx_addr) = procs::start_nginx(&args.nginx, &nginx_dir, upstream.addr, children)?;
+    let (nginx, nginx_addr) =
+        procs::start_nginx(&args.nginx, &nginx_dir, upstream.addr, proxy_cpus, children)?;
     targets.push(Target {
         key: NGINX,
+        variant: NGINX,
         label: "nginx (reverse proxy, keep-alive)",
         addr: nginx_addr,
         process: Some(nginx),
         admin: None,
         review_topic: None,
     });
+    // max_inspect_bytes = 1: every response is larger, so it streams through uncopied and
+    // undecided (counted as skipped, too_large): the HTTP plumbing alone.
+    let passthrough = Some((
+        "REVIEWLOOP__SERVER__MAX_INSPECT_BYTES".to_owned(),
+        "1".to_owned(),
+    ));
     let mut variants = vec![
+        (
+            PASSTHROUGH,
+            "reviewloop, passthrough (inspects nothing)",
+            "0.7",
+            passthrough,
+        ),
         (DIVERT10, "reviewloop, 10 % diverted", "0.7", None),
         (INSPECT, "reviewloop, inspected, 0 % diverted", "0.0", None),
         (DIVERT100, "reviewloop, 100 % diverted", "1.0", None),
@@ -263,16 +334,34 @@ fn run(
             )),
         ));
     }
-    for spec in variants {
+    for spec in &variants {
         targets.push(start_reviewloop_target(
             args,
             &args.kafka,
-            reviewloop,
+            (reviewloop, proxy_cpus),
             upstream,
             work,
             children,
-            spec,
+            spec.clone(),
         )?);
+    }
+    if let Some(b) = &args.reviewloop_b {
+        for (key, label, below, extra) in variants {
+            // Leaked once per target for the run: keys and labels are 'static everywhere else.
+            let key_b: &'static str = Box::leak(format!("{key}{B_SUFFIX}").into_boxed_str());
+            let label_b: &'static str = Box::leak(format!("{label} [B]").into_boxed_str());
+            let mut target = start_reviewloop_target(
+                args,
+                &args.kafka,
+                (b, proxy_cpus),
+                upstream,
+                work,
+                children,
+                (key_b, label_b, below, extra),
+            )?;
+            target.variant = key;
+            targets.push(target);
+        }
     }
     eprintln!("bench: all targets up; warming up {} s each", plan.warmup);
     for target in &targets {
@@ -314,12 +403,16 @@ fn run(
             .expect("measured")
     };
     let mut ratios = Vec::new();
-    for key in [DIVERT10, INSPECT, DIVERT100] {
+    for key in [PASSTHROUGH, DIVERT10, INSPECT, DIVERT100] {
         ratios.push(report::ratios(by_key(key), by_key(NGINX)));
         ratios.push(report::ratios(by_key(key), by_key(DIRECT)));
     }
     if args.spool {
         ratios.push(report::ratios(by_key(DIVERT10_SPOOL), by_key(DIVERT10)));
+    }
+    // B against A, configuration by configuration.
+    for target in targets.iter().filter(|t| t.key != t.variant) {
+        ratios.push(report::ratios(by_key(target.key), by_key(target.variant)));
     }
 
     let single = single_connection(&targets, &wrk, plan)?;
@@ -362,6 +455,11 @@ fn run(
             request_body_bytes: load::REQUEST_BODY.len(),
             low_confidence_every: upstream::LOW_EVERY,
             kafka: args.kafka.clone(),
+            pinned: plan
+                .pinning
+                .as_ref()
+                .map(|p| format!("proxy on CPU {}, wrk and upstream on {}", p.proxy, p.load)),
+            reviewloop_b: args.reviewloop_b.clone(),
         },
         summaries,
         ratios,
@@ -401,9 +499,9 @@ fn anomalies(summaries: &[Summary]) -> Vec<String> {
         if s.errors > 0 {
             problems.push(format!("{}: {} failed requests", s.target, s.errors));
         }
-        let expected = match s.target {
+        let expected = match variant_of(s.target) {
             DIVERT10 | DIVERT10_SPOOL => Some(1.0 / upstream::LOW_EVERY as f64),
-            INSPECT => Some(0.0),
+            INSPECT | PASSTHROUGH => Some(0.0),
             DIVERT100 => Some(1.0),
             _ => None,
         };
@@ -522,7 +620,7 @@ fn review_topic(key: &str) -> String {
 fn start_reviewloop_target(
     args: &Args,
     brokers: &str,
-    reviewloop: &Path,
+    (reviewloop, cpus): (&Path, Option<&str>),
     upstream: &Upstream,
     work: &Path,
     children: &Children,
@@ -559,11 +657,13 @@ fn start_reviewloop_target(
         key,
         reviewloop,
         &env,
+        cpus,
         work.join(format!("{key}.log")),
         children,
     )?;
     Ok(Target {
         key,
+        variant: key,
         label,
         addr: data,
         process: Some(process),
@@ -602,7 +702,7 @@ fn single_connection(
     wrk: &Wrk,
     plan: &Plan,
 ) -> anyhow::Result<Vec<SingleConnection>> {
-    let measured: Vec<&Target> = targets.iter().filter(|t| t.key != DIVERT100).collect();
+    let measured: Vec<&Target> = targets.iter().filter(|t| t.variant != DIVERT100).collect();
     let mut p50 = vec![Vec::new(); measured.len()];
     let mut p99 = vec![Vec::new(); measured.len()];
     let mut rps = vec![Vec::new(); measured.len()];
@@ -639,7 +739,7 @@ fn single_connection(
 fn sse(targets: &[Target], samples: usize) -> anyhow::Result<Vec<Sse>> {
     let measured: Vec<&Target> = targets
         .iter()
-        .filter(|t| [DIRECT, NGINX, DIVERT10].contains(&t.key))
+        .filter(|t| [DIRECT, NGINX, DIVERT10].contains(&t.variant))
         .collect();
     let mut first = vec![Vec::new(); measured.len()];
     let mut end = vec![Vec::new(); measured.len()];
@@ -904,7 +1004,8 @@ struct Machine {
 }
 
 impl Machine {
-    fn describe(args: &Args, reviewloop: &Path) -> Machine {
+    /// `cores`: counted before `--pin` narrowed this process's affinity.
+    fn describe(args: &Args, reviewloop: &Path, cores: usize) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let first_line = |program: &Path, arg: &str| {
@@ -923,7 +1024,7 @@ impl Machine {
                 .unwrap_or_default()
         };
         Machine {
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cores,
             cpu_model: cpuinfo
                 .lines()
                 .find_map(|l| l.strip_prefix("model name"))
@@ -974,6 +1075,10 @@ struct Settings {
     request_body_bytes: usize,
     low_confidence_every: u64,
     kafka: String,
+    /// `--pin`: where the proxy under test and the load ran.
+    pinned: Option<String>,
+    /// `--reviewloop-b`: the second binary (targets ending in `_b`).
+    reviewloop_b: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1001,7 +1106,7 @@ fn print_report(results: &Results) {
          {} ({}), {}, {}.\n\
          Load: wrk, {} connections on {} threads, {} × {} s per target (alternating), \
          POST {} of {} bytes, answers of {} bytes (1 in {} below confidence 0.7); \
-         broker {}.\n",
+         broker {}.{}{}\n",
         m.started,
         m.cores,
         m.cpu_model,
@@ -1021,6 +1126,13 @@ fn print_report(results: &Results) {
         s.upstream_answer_bytes,
         s.low_confidence_every,
         s.kafka,
+        s.pinned
+            .as_ref()
+            .map_or(String::new(), |p| format!(" Pinned (taskset): {p}.")),
+        s.reviewloop_b.as_ref().map_or(String::new(), |b| format!(
+            " [B]: {} (ratios \"[B] / …\" are B over A, same run).",
+            b.display()
+        )),
     );
     println!(
         "### Closed loop\n\n{}",
@@ -1200,5 +1312,37 @@ mod tests {
         assert!(found[0].contains("3 failed requests"), "{found:?}");
         assert!(found[1].contains("diverted 15.00 %"), "{found:?}");
         assert!(found[2].contains("10 review records lost"), "{found:?}");
+    }
+
+    #[test]
+    fn a_b_binary_is_held_to_its_configuration_and_passthrough_diverts_nothing() {
+        let rounds = [
+            round(PASSTHROUGH, 0, Some((1000, 0, 0))),
+            round("reviewloop_divert_10_b", 0, Some((1000, 150, 150))),
+            round("reviewloop_passthrough_b", 0, Some((1000, 10, 10))),
+        ];
+        let summaries: Vec<Summary> = rounds
+            .iter()
+            .map(|r| report::summarise(r.target, r.target, &rounds))
+            .collect();
+        let found = anomalies(&summaries);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("reviewloop_divert_10_b: diverted 15.00 %"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("reviewloop_passthrough_b: diverted 1.00 %"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn pinning_keeps_the_first_core_for_the_proxy() {
+        assert!(Pinning::new(1).is_err());
+        let two = Pinning::new(2).unwrap();
+        assert_eq!((two.proxy.as_str(), two.load.as_str()), ("0", "1"));
+        let four = Pinning::new(4).unwrap();
+        assert_eq!(four.load, "1-3");
     }
 }

@@ -105,12 +105,39 @@ pub fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> 
     bail!("nothing listens on {addr} after {within:?}")
 }
 
+/// A command that runs `program` on the CPUs `cpus` (a `taskset` list such as `0` or `1-3`)
+/// when given: taskset execs the program, so the pid is the program's.
+pub fn command_on(cpus: Option<&str>, program: &Path) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Moves every thread of process `pid` onto `cpus` (threads started later inherit it).
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run taskset (Debian: util-linux)")?;
+    if !status.success() {
+        bail!("taskset -c {cpus} on pid {pid} failed: {status}");
+    }
+    Ok(())
+}
+
 /// nginx as a plain reverse proxy: as many workers as cores (reviewloop's runtime has as many
-/// threads), keep-alive to the upstream and to clients, no access log, no buffering to disk.
-pub fn nginx_config(dir: &Path, listen: u16, upstream: SocketAddr) -> String {
+/// threads) unless `workers` says otherwise (one when pinned to one core), keep-alive to the
+/// upstream and to clients, no access log, no buffering to disk.
+pub fn nginx_config(dir: &Path, listen: u16, upstream: SocketAddr, workers: &str) -> String {
     let d = dir.display();
     format!(
-        r#"worker_processes auto;
+        r#"worker_processes {workers};
 daemon off;
 master_process on;
 pid {d}/nginx.pid;
@@ -142,16 +169,19 @@ http {{
     )
 }
 
+/// nginx on `cpus` when given (then with one worker: the core it is pinned to).
 pub fn start_nginx(
     nginx: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    cpus: Option<&str>,
     children: &Children,
 ) -> anyhow::Result<(Guarded, SocketAddr)> {
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
-    fs::write(&conf, nginx_config(dir, port, upstream))?;
-    let mut command = Command::new(nginx);
+    let workers = if cpus.is_some() { "1" } else { "auto" };
+    fs::write(&conf, nginx_config(dir, port, upstream, workers))?;
+    let mut command = command_on(cpus, nginx);
     command
         .arg("-p")
         .arg(dir)
@@ -176,20 +206,25 @@ pub struct Reviewloop {
 }
 
 /// Starts `reviewloop proxy` with built-in defaults and `env` overrides, on 127.0.0.1:0, and
-/// waits for its listening addresses (from its JSON log) and for `/readyz`.
+/// waits for its listening addresses (from its JSON log) and for `/readyz`. On `cpus` when given
+/// (its runtime then sizes itself to them: std's `available_parallelism` reads the affinity).
 pub fn start_reviewloop(
     name: &str,
     binary: &Path,
     env: &[(String, String)],
+    cpus: Option<&str>,
     log: PathBuf,
     children: &Children,
 ) -> anyhow::Result<Reviewloop> {
-    let mut command = Command::new(binary);
+    let mut command = command_on(cpus, binary);
     command
         .args(["--log-format", "json", "proxy"])
         .env("RUST_LOG", "info")
         .env("REVIEWLOOP__SERVER__LISTEN", "127.0.0.1:0")
         .env("REVIEWLOOP__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        // As the Dockerfile sets them: mimalloc's memory returned at once (peak RSS).
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

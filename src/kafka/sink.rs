@@ -344,6 +344,15 @@ struct Inner {
 }
 
 /// The producer of review records. Cheap to share: wrap it in an `Arc`.
+/// What the sink needs of a serialized review record besides its bytes: the message key and
+/// the CloudEvent headers' fields.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordMeta<'a> {
+    pub id: &'a str,
+    pub time: &'a str,
+    pub traceparent: Option<&'a str>,
+}
+
 pub struct ReviewSink {
     inner: Arc<Inner>,
 }
@@ -413,6 +422,32 @@ impl ReviewSink {
         Ok(ReviewSink { inner })
     }
 
+    /// The largest record the producer takes (`message.max.bytes`); a larger one must be cut
+    /// to fit ([`ReviewRecord::fit`]) before [`ReviewSink::submit_encoded`].
+    pub fn max_record_bytes(&self) -> usize {
+        self.inner.max_record_bytes
+    }
+
+    /// As [`ReviewSink::submit`], for a record already serialized (at most
+    /// [`ReviewSink::max_record_bytes`]; a larger one is refused by the producer and counted).
+    pub async fn submit_encoded(
+        &self,
+        meta: RecordMeta<'_>,
+        value: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        match self.inner.delivery {
+            Delivery::Async => {
+                let _ = self.enqueue_encoded(meta, value, None);
+                Ok(())
+            }
+            Delivery::Sync => {
+                let (ack, acked) = oneshot::channel();
+                self.enqueue_encoded(meta, value, Some(ack))?;
+                self.wait_for(acked).await
+            }
+        }
+    }
+
     /// Hands the record over without waiting (`delivery = "async"`). A full queue or a record
     /// the producer refuses is skipped and counted, never retried here.
     pub fn send(&self, record: &ReviewRecord) {
@@ -425,6 +460,13 @@ impl ReviewSink {
     pub async fn send_and_wait(&self, record: &ReviewRecord) -> Result<(), SinkError> {
         let (ack, acked) = oneshot::channel();
         self.enqueue(record, Some(ack))?;
+        self.wait_for(acked).await
+    }
+
+    async fn wait_for(
+        &self,
+        acked: oneshot::Receiver<Result<(), RdKafkaError>>,
+    ) -> Result<(), SinkError> {
         match tokio::time::timeout(self.inner.ack_timeout, acked).await {
             Ok(Ok(outcome)) => outcome.map_err(SinkError::Kafka),
             Ok(Err(_)) => Err(SinkError::Closed),
@@ -444,7 +486,6 @@ impl ReviewSink {
     }
 
     fn enqueue(&self, record: &ReviewRecord, ack: Option<AckSender>) -> Result<(), SinkError> {
-        let context = self.inner.producer.context();
         let mut value = serde_json::to_vec(record).expect("a review record serializes to JSON");
         if value.len() > self.inner.max_record_bytes {
             let mut fitted = record.clone();
@@ -457,12 +498,27 @@ impl ReviewSink {
             );
             value = serde_json::to_vec(&fitted).expect("a review record serializes to JSON");
         }
-        let ce_id = uuid::Uuid::now_v7().to_string();
+        let meta = RecordMeta {
+            id: &record.id,
+            time: &record.time,
+            traceparent: record.traceparent.as_deref(),
+        };
+        self.enqueue_encoded(meta, value, ack)
+    }
+
+    fn enqueue_encoded(
+        &self,
+        record: RecordMeta<'_>,
+        value: Vec<u8>,
+        ack: Option<AckSender>,
+    ) -> Result<(), SinkError> {
+        let context = self.inner.producer.context();
+        let ce_id = crate::ids::new_v7_string();
         let entry = |value: Vec<u8>| Entry {
-            id: record.id.clone(),
-            time: record.time.clone(),
+            id: record.id.to_owned(),
+            time: record.time.to_owned(),
             ce_id: ce_id.clone(),
-            traceparent: record.traceparent.clone(),
+            traceparent: record.traceparent.map(str::to_owned),
             value,
         };
         if context.spool.is_some() && context.outage.load(Ordering::Relaxed) {
@@ -473,12 +529,12 @@ impl ReviewSink {
             };
         }
         let headers = with_traceparent(
-            cloudevent_headers_with_id(&ce_id, CE_REVIEW_REQUESTED, &record.id, &record.time),
-            record.traceparent.as_deref(),
+            cloudevent_headers_with_id(&ce_id, CE_REVIEW_REQUESTED, record.id, record.time),
+            record.traceparent,
         );
         let pending = Box::new(Pending { ack, batch: None });
         let message = BaseRecord::with_opaque_to(&context.topic, pending)
-            .key(record.id.as_str())
+            .key(record.id)
             .payload(value.as_slice())
             .headers(headers);
         // Counted before the send: the delivery report may run on librdkafka's thread before

@@ -3,6 +3,8 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("decoded body is larger than the inspection cap")]
@@ -14,16 +16,17 @@ pub enum DecodeError {
 }
 
 /// Decodes `bytes` per `content_encoding` (`gzip`, `x-gzip`, `deflate`, `br`, `zstd`, `identity`,
-/// or a comma-separated chain of them), producing at most `cap` bytes.
+/// or a comma-separated chain of them), producing at most `cap` bytes. Without an encoding (or
+/// with `identity` alone) the result shares `bytes`: nothing is copied.
 pub fn decode(
     content_encoding: Option<&str>,
-    bytes: &[u8],
+    bytes: &Bytes,
     cap: usize,
-) -> Result<Vec<u8>, DecodeError> {
+) -> Result<Bytes, DecodeError> {
     let Some(encodings) = content_encoding else {
-        return Ok(bytes.to_vec());
+        return Ok(bytes.clone());
     };
-    let mut data = bytes.to_vec();
+    let mut data = bytes.clone();
     // Encodings are listed in the order they were applied; undo them last to first.
     for coding in encodings
         .split(',')
@@ -52,7 +55,7 @@ pub fn decode(
     Ok(data)
 }
 
-fn read_capped(reader: impl Read, cap: usize, name: &'static str) -> Result<Vec<u8>, DecodeError> {
+fn read_capped(reader: impl Read, cap: usize, name: &'static str) -> Result<Bytes, DecodeError> {
     let mut out = Vec::new();
     reader
         .take(cap as u64 + 1)
@@ -61,7 +64,7 @@ fn read_capped(reader: impl Read, cap: usize, name: &'static str) -> Result<Vec<
     if out.len() > cap {
         return Err(DecodeError::TooLarge);
     }
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -78,6 +81,10 @@ mod tests {
         e.finish().unwrap()
     }
 
+    fn decode(encoding: Option<&str>, bytes: &[u8], cap: usize) -> Result<Bytes, DecodeError> {
+        super::decode(encoding, &Bytes::copy_from_slice(bytes), cap)
+    }
+
     #[test]
     fn each_supported_encoding_round_trips() {
         assert_eq!(decode(Some("gzip"), &gzip(JSON), 1024).unwrap(), JSON);
@@ -88,6 +95,15 @@ mod tests {
         assert_eq!(decode(Some("br"), &br, 1024).unwrap(), JSON);
         assert_eq!(decode(None, JSON, 1024).unwrap(), JSON);
         assert_eq!(decode(Some("identity"), JSON, 1024).unwrap(), JSON);
+    }
+
+    #[test]
+    fn a_body_without_an_encoding_is_shared_not_copied() {
+        let body = Bytes::from_static(JSON);
+        for encoding in [None, Some("identity")] {
+            let decoded = super::decode(encoding, &body, 1024).unwrap();
+            assert_eq!(decoded.as_ptr(), body.as_ptr(), "{encoding:?}");
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn record_id(headers: &HeaderMap) -> String {
         .filter_map(|value| value.to_str().ok())
         .map(str::trim)
         .find(|id| is_usable_id(id))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+        .map_or_else(crate::ids::new_v7_string, str::to_owned)
 }
 
 /// The request's W3C `traceparent` when it is well formed (version `00`: `00-` 32 hex trace
