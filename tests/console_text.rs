@@ -9,47 +9,29 @@
 mod console_support;
 mod join_support;
 
-use std::time::{Duration, Instant};
-
-use console_support::browser::{self, Browser};
+use console_support::browser::{self, Browser, ENTER};
 use console_support::*;
-use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use join_support::Cluster;
-use join_support::kafka_support;
-use rdkafka::message::Message;
 use reviewloop::config::Config;
 use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
-use reviewloop::record::{Payload, ReviewRecord};
+use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
-
-/// WebDriver's codes for the Enter and Control keys.
-const ENTER: char = '\u{e007}';
-const CONTROL: char = '\u{e009}';
 
 /// A review record of `route` with these bodies (a low-confidence item like the proxy writes).
 fn item(id: &str, route: &str, request: (&str, &str), response: &str) -> ReviewRecord {
-    let mut record = ticket(id, "", &TEAMS);
+    let mut record = record(
+        id,
+        (request.0, request.1.as_bytes()),
+        response.as_bytes(),
+        0.41,
+    );
     record.route = route.into();
-    record.request = Payload::from_bytes(Some(request.0), request.1.as_bytes());
-    record.response.payload = Payload::from_bytes(Some("application/json"), response.as_bytes());
-    record.confidence = Some(0.41);
     record
-}
-
-fn produce(cluster: &Cluster, config: &Config, records: &[ReviewRecord]) {
-    let producer = cluster.producer();
-    for record in records {
-        producer.review(config, record);
-        producer.flush();
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A console with `auth = "none"` (loopback), signed in as `reviewer`, on the task page.
 async fn review(config: &Config, browser: &Browser) -> TestConsole {
-    let console = TestConsole::start(config).await;
-    browser.sign_in(&console.url, "reviewer", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(config, browser, "reviewer").await;
     browser.find("#answer-form").await;
     console
 }
@@ -57,58 +39,19 @@ async fn review(config: &Config, browser: &Browser) -> TestConsole {
 /// Submits the answer form with the keyboard (Enter, away from any field).
 async fn submit(browser: &Browser) {
     browser.execute("document.activeElement.blur()").await;
-    browser.press_and_wait(ENTER).await;
-    assert_eq!(
-        browser.path().await,
-        "/task?saved=1",
-        "{}",
-        browser.text("body").await
-    );
-}
-
-/// Ctrl+Enter in the focused field (submits from a text field), waiting for the next page.
-async fn ctrl_enter(browser: &Browser) {
-    browser.execute("window.textualOldPage = true").await;
-    let actions = KeyActions::new("keyboard".into())
-        .then(KeyAction::Down { value: CONTROL })
-        .then(KeyAction::Down { value: ENTER })
-        .then(KeyAction::Up { value: ENTER })
-        .then(KeyAction::Up { value: CONTROL });
-    browser.client.perform_actions(actions).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while browser
-        .execute("return window.textualOldPage === true || document.readyState !== 'complete'")
-        .await
-        == true
-    {
-        assert!(Instant::now() < deadline, "Ctrl+Enter did not submit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.press_and_expect_saved(ENTER).await;
 }
 
 /// The answers published on the completed topic.
 fn answers(config: &Config, count: usize) -> Vec<Value> {
-    kafka_support::consume(
-        &config.kafka.brokers,
-        &config.kafka.completed_topic,
-        count,
-        Duration::from_secs(10),
-    )
-    .iter()
-    .map(|m| serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap()["answer"].clone())
-    .collect()
+    completed(config, count)
+        .into_iter()
+        .map(|record| record["answer"].clone())
+        .collect()
 }
 
 async fn nothing_ran(browser: &Browser) {
-    assert_eq!(
-        browser.execute("return typeof window.pwned").await,
-        "undefined"
-    );
-    assert_eq!(
-        browser.execute("return document.scripts.length").await,
-        1,
-        "only the console's own script"
-    );
+    browser.assert_no_script_ran().await;
     assert_eq!(
         browser
             .execute("return document.querySelectorAll('img, b, i').length")
@@ -329,7 +272,7 @@ async fn a_translation_is_corrected_beside_its_source() {
         .await
         .unwrap();
     // Ctrl+Enter in the output (outside the answer form's element, part of it) submits.
-    ctrl_enter(&browser).await;
+    browser.ctrl_press_and_wait(ENTER).await;
     assert_eq!(browser.path().await, "/task?saved=1");
     assert_eq!(
         answers(&config, 1)[0],
@@ -428,12 +371,7 @@ async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
     browser.screenshot("console-tabular.png").await;
 
     browser.press_and_wait('s').await;
-    assert_eq!(
-        browser
-            .execute("return document.querySelector('#answer-form input[name=id]').value")
-            .await,
-        "json-1"
-    );
+    assert_eq!(browser.shown_id().await, "json-1");
     assert_eq!(
         table(&browser).await,
         pairs(&[
