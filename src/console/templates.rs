@@ -176,16 +176,26 @@ pub fn payload_view(payload: &Payload, what: &str) -> Markup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::record::{Reason, ResponsePayload};
 
+    /// A low-confidence record of `/invocations`: a JSON `request` and the model's JSON
+    /// `response`.
     pub(super) fn record(request: &str, response: &str) -> ReviewRecord {
+        record_of(
+            Payload::from_bytes(Some("application/json"), request.as_bytes()),
+            response,
+        )
+    }
+
+    /// The same with any request body (an image, a sound).
+    pub(in crate::console) fn record_of(request: Payload, response: &str) -> ReviewRecord {
         ReviewRecord {
             id: "r-1".into(),
             time: "2026-01-01T00:00:00.000Z".into(),
             route: "/invocations".into(),
-            request: Payload::from_bytes(Some("application/json"), request.as_bytes()),
+            request,
             response: ResponsePayload {
                 status: 200,
                 payload: Payload::from_bytes(Some("application/json"), response.as_bytes()),
