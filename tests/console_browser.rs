@@ -125,12 +125,9 @@ async fn a_reviewer_signs_in_answers_with_the_keyboard_and_the_joiner_writes_the
 
 #[tokio::test]
 async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let limit = Duration::from_secs(8);
     config.console.task_time_limit = limit;
     config.join.reviewers_per_item = 2;
@@ -219,12 +216,9 @@ async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
 
 #[tokio::test]
 async fn a_script_in_the_input_or_the_models_answer_renders_as_text_and_runs_nothing() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let attack = "<script>window.pwned = 1; document.title = 'pwned'</script>\
                   <img src=x onerror=\"window.pwned = 2\"> \
                   <a href=\"javascript:window.pwned = 3\">click me</a>";

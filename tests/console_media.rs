@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use console_support::browser::{self, Browser};
+use console_support::browser::Browser;
 use console_support::*;
-use join_support::Cluster;
 use reviewloop::config::Config;
-use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
+use reviewloop::console::TemplateKind;
 use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
 
@@ -40,15 +39,7 @@ fn item(id: &str, content_type: &str, request: &[u8], response: &Value) -> Revie
 }
 
 fn with_template(config: &mut Config, template: TemplateKind, instructions: &str) {
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "/invocations".into(),
-        RouteSettings {
-            template: Some(template),
-            instructions: Some(instructions.into()),
-            ..RouteSettings::default()
-        },
-    );
+    add_route(config, "/invocations", instructions).template = Some(template);
 }
 
 /// The single completed record the console published.
@@ -225,11 +216,9 @@ fn rekognition_labels() -> Value {
 
 #[tokio::test]
 async fn two_detection_boxes_are_drawn_in_place_and_a_rejected_one_is_in_the_answer() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(
         &mut config,
         TemplateKind::Boxes,
@@ -375,11 +364,9 @@ fn textract(fields: &[(&str, &str, f64, (f64, f64))]) -> Value {
 
 #[tokio::test]
 async fn a_textract_page_lists_its_pairs_with_the_low_confidence_one_highlighted() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(
         &mut config,
         TemplateKind::Document,
@@ -503,18 +490,13 @@ fn wav() -> Vec<u8> {
 
 #[tokio::test]
 async fn an_audio_input_plays_in_the_page_and_its_transcript_is_editable() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "/invocations".into(),
-        RouteSettings {
-            instructions: Some("Listen, then correct the transcript word for word.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "/invocations",
+        "Listen, then correct the transcript word for word.",
     );
     let transcribe = json!({"jobName": "call-7", "results": {
         "transcripts": [{"transcript": "Hello, I'd like to change my delivery address."}],
@@ -589,11 +571,9 @@ fn phone_home() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(&mut config, TemplateKind::Boxes, "");
     let (port, calls) = phone_home();
     let script = format!(
@@ -726,11 +706,9 @@ fn image_server(image: Vec<u8>) -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn an_image_url_is_loaded_only_from_an_allowed_origin() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(&mut config, TemplateKind::Boxes, "");
     let image = png(40, 30, |_, _| IMAGE_COLOUR);
     let (allowed, allowed_calls) = image_server(image.clone());

@@ -9,11 +9,10 @@
 mod console_support;
 mod join_support;
 
-use console_support::browser::{self, Browser, ENTER};
+use console_support::browser::{Browser, ENTER};
 use console_support::*;
-use join_support::Cluster;
 use reviewloop::config::Config;
-use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
+use reviewloop::console::{RouteSettings, TemplateKind};
 use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
 
@@ -63,26 +62,19 @@ async fn nothing_ran(browser: &Browser) {
 
 #[tokio::test]
 async fn entity_spans_are_relabelled_and_removed_and_the_answer_carries_them() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "entities".into(),
-        RouteSettings {
-            instructions: Some(
-                "Check each name the model found: fix its type or remove it.".into(),
-            ),
-            labels: Some(vec![
-                "PERSON".into(),
-                "ORGANIZATION".into(),
-                "LOCATION".into(),
-            ]),
-            ..RouteSettings::default()
-        },
-    );
+    add_route(
+        &mut config,
+        "entities",
+        "Check each name the model found: fix its type or remove it.",
+    )
+    .labels = Some(vec![
+        "PERSON".into(),
+        "ORGANIZATION".into(),
+        "LOCATION".into(),
+    ]);
     let text = "Dr. Zoë Adeyemi of Northwind Traders flew from Lagos to Zürich on Monday \
                 <img src=x onerror=\"window.pwned=1\"> to meet <b>Acme</b> 😀 people.";
     let chars = |needle: &str| {
@@ -195,18 +187,13 @@ async fn entity_spans_are_relabelled_and_removed_and_the_answer_carries_them() {
 
 #[tokio::test]
 async fn a_translation_is_corrected_beside_its_source() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "translate".into(),
-        RouteSettings {
-            instructions: Some("Correct the translation; keep the register of the source.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "translate",
+        "Correct the translation; keep the register of the source.",
     );
     let request = json!({
         "Text": "Your parcel will arrive on Tuesday. If nobody is home, the courier leaves it \
@@ -311,12 +298,9 @@ fn pairs(rows: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let mut churn = RouteSettings {
         instructions: Some("Will this customer leave within 90 days?".into()),
         labels: Some(vec!["stays".into(), "leaves".into()]),
@@ -390,27 +374,18 @@ async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
 
 #[tokio::test]
 async fn the_text_and_json_templates_pages() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "chat".into(),
-        RouteSettings {
-            instructions: Some(
-                "Correct the assistant's answer; keep it short and friendly.".into(),
-            ),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "chat",
+        "Correct the assistant's answer; keep it short and friendly.",
     );
-    config.console.routes.insert(
-        "invoices".into(),
-        RouteSettings {
-            instructions: Some("Check the fields read from the invoice against its text.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "invoices",
+        "Check the fields read from the invoice against its text.",
     );
     let chat_request = json!({"model": "support-bot", "messages": [
         {"role": "system", "content": "You answer customers of a parcel service."},

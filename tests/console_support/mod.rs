@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rdkafka::message::Message;
 use reviewloop::config::Config;
-use reviewloop::console::{self, ConsoleError};
+use reviewloop::console::{self, AuthMode, ConsoleError, RouteSettings};
 use reviewloop::metrics::Metrics;
 use reviewloop::record::{
     ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
@@ -172,6 +172,28 @@ pub fn completed(config: &Config, count: usize) -> Vec<serde_json::Value> {
         records.len()
     );
     records
+}
+
+/// A browser, the mock cluster and its config with `auth = "none"` (reviewers sign in by
+/// name), or `None` where this machine runs no browser test (see [`browser::launch`]).
+pub async fn browser_on_mock() -> Option<(Browser, Cluster, Config)> {
+    let browser = browser::launch().await?;
+    let cluster = Cluster::mock();
+    let mut config = cluster.config();
+    config.console.auth = AuthMode::None;
+    Some((browser, cluster, config))
+}
+
+/// Adds `route` to the console's routes with these instructions; returns its settings for the
+/// test to add to.
+pub fn add_route<'a>(
+    config: &'a mut Config,
+    route: &str,
+    instructions: &str,
+) -> &'a mut RouteSettings {
+    let settings = config.console.routes.entry(route.to_owned()).or_default();
+    settings.instructions = Some(instructions.to_owned());
+    settings
 }
 
 /// Starts a console for `config` (`auth = "none"`), signs `reviewer` in through the browser
