@@ -133,9 +133,21 @@ impl Browser {
 
     /// Presses and releases one key on whatever has the focus, as a person would.
     pub async fn press(&self, key: char) {
-        let actions = KeyActions::new("keyboard".into())
+        self.press_holding(&[], key).await;
+    }
+
+    /// Presses and releases `key` while the `held` keys are down (Control, Shift).
+    async fn press_holding(&self, held: &[char], key: char) {
+        let mut actions = KeyActions::new("keyboard".into());
+        for &value in held {
+            actions = actions.then(KeyAction::Down { value });
+        }
+        actions = actions
             .then(KeyAction::Down { value: key })
             .then(KeyAction::Up { value: key });
+        for &value in held.iter().rev() {
+            actions = actions.then(KeyAction::Up { value });
+        }
         self.client
             .perform_actions(actions)
             .await
@@ -146,15 +158,7 @@ impl Browser {
     /// the page it leads to.
     pub async fn ctrl_press_and_wait(&self, key: char) {
         self.mark_page().await;
-        let actions = KeyActions::new("keyboard".into())
-            .then(KeyAction::Down { value: CONTROL })
-            .then(KeyAction::Down { value: key })
-            .then(KeyAction::Up { value: key })
-            .then(KeyAction::Up { value: CONTROL });
-        self.client
-            .perform_actions(actions)
-            .await
-            .expect("key press");
+        self.press_holding(&[CONTROL], key).await;
         self.wait_new_page().await;
     }
 
