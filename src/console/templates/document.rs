@@ -7,9 +7,8 @@
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
-use super::boxes::{Area, overlay};
+use super::boxes::{Area, image_with_areas};
 use super::{Form, Task, Template};
-use crate::console::media;
 use crate::console::prediction::{self, TextractBlocks};
 
 pub struct Document;
@@ -97,13 +96,7 @@ impl Template for Document {
             let class = if is_low(pair, task) { "value low" } else { "value" };
             Some((format!("area-{}", i + 1), pair.value_area?, (i + 1).to_string(), class))
         });
-        let overlay = overlay(size, keys.chain(values));
-        html! {
-            @if media::find(&task.record.request).is_none() {
-                p.media-note.flash.warn { "The request holds no page image this console can show." }
-            }
-            (media::input_view(task, Some(overlay)))
-        }
+        image_with_areas(task, size, keys.chain(values), "page image")
     }
 
     fn model_answer(&self, task: &Task<'_>) -> Markup {
