@@ -10,11 +10,11 @@ mod parse;
 mod tests;
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::Value;
 
+use crate::prediction::TextractBlocks;
 use crate::record::Reason;
 
 pub use parse::parse;
@@ -354,42 +354,20 @@ struct Pair {
 impl Form {
     /// `None` unless the response is a Textract document (it has `Blocks`).
     fn read(response: &Value) -> Option<Form> {
-        let blocks = response.get("Blocks")?.as_array()?;
-        let by_id: HashMap<&str, &Value> = blocks
-            .iter()
-            .filter_map(|b| Some((b.get("Id")?.as_str()?, b)))
-            .collect();
-        let related = |block: &Value, kind: &str| -> Vec<&Value> {
-            block
-                .get("Relationships")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|r| r.get("Type").and_then(Value::as_str) == Some(kind))
-                .filter_map(|r| r.get("Ids").and_then(Value::as_array))
-                .flatten()
-                .filter_map(|id| by_id.get(id.as_str()?).copied())
-                .collect()
-        };
+        let blocks = TextractBlocks::of(response)?;
         let confidence = |b: &Value| b.get("Confidence").and_then(Value::as_f64);
         let pairs = blocks
-            .iter()
-            .filter(|b| {
-                b.get("BlockType").and_then(Value::as_str) == Some("KEY_VALUE_SET")
-                    && b.get("EntityTypes")
-                        .and_then(Value::as_array)
-                        .is_some_and(|t| t.iter().any(|t| t == "KEY"))
-            })
+            .keys()
             .map(|key_block| {
-                let key_words = related(key_block, "CHILD");
+                let key_words = blocks.related(key_block, "CHILD");
                 let key = key_words
                     .iter()
                     .filter_map(|w| w.get("Text").and_then(Value::as_str))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let values = related(key_block, "VALUE");
+                let values = blocks.related(key_block, "VALUE");
                 let value_words: Vec<&Value> =
-                    values.iter().flat_map(|v| related(v, "CHILD")).collect();
+                    values.iter().flat_map(|v| blocks.related(v, "CHILD")).collect();
                 Pair {
                     key,
                     key_value_confidences: std::iter::once(key_block)

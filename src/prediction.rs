@@ -3,6 +3,8 @@
 //! the joiner's comparison with the reviewers. The shapes are those `confidence::presets`
 //! reads; anything else falls back to the configured labels or the raw body.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::record::{Encoding, Payload};
@@ -228,6 +230,49 @@ fn streamed_text(body: &str) -> Option<String> {
         }
     }
     (events > 0).then_some(text)
+}
+
+/// A Textract `AnalyzeDocument` answer's blocks, joined by their relationships: what both the
+/// A2I form checks and the console's document template read.
+pub struct TextractBlocks<'a> {
+    blocks: &'a [Value],
+    by_id: HashMap<&'a str, &'a Value>,
+}
+
+impl<'a> TextractBlocks<'a> {
+    /// `None` unless the answer has `Blocks`.
+    pub fn of(response: &'a Value) -> Option<TextractBlocks<'a>> {
+        let blocks = response.get("Blocks")?.as_array()?;
+        let by_id = blocks
+            .iter()
+            .filter_map(|b| Some((b.get("Id")?.as_str()?, b)))
+            .collect();
+        Some(TextractBlocks { blocks, by_id })
+    }
+
+    /// The form's keys: the KEY_VALUE_SET blocks of entity type KEY, in the answer's order.
+    pub fn keys(&self) -> impl Iterator<Item = &'a Value> + 'a {
+        self.blocks.iter().filter(|b| {
+            b.get("BlockType").and_then(Value::as_str) == Some("KEY_VALUE_SET")
+                && b.get("EntityTypes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|types| types.iter().any(|t| t == "KEY"))
+        })
+    }
+
+    /// The blocks `block` names under the relationship `kind` (`VALUE`, `CHILD`), in its order.
+    pub fn related(&self, block: &Value, kind: &str) -> Vec<&'a Value> {
+        block
+            .get("Relationships")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.get("Type").and_then(Value::as_str) == Some(kind))
+            .filter_map(|r| r.get("Ids").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|id| self.by_id.get(id.as_str()?).copied())
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -9,39 +9,12 @@ mod join_support;
 
 use std::time::{Duration, Instant};
 
-use console_support::browser::{self, Browser};
+use console_support::browser::{self, Browser, ENTER};
 use console_support::*;
 use join_support::kafka_support;
 use join_support::{Cluster, Joiner, Reader};
-use rdkafka::message::Message;
-use reviewloop::config::Config;
 use reviewloop::console::{AuthMode, RouteSettings};
-use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
-
-/// WebDriver's code for the Enter key.
-const ENTER: char = '\u{e007}';
-
-/// Produces `records` a few milliseconds apart, so that "oldest first" is their order.
-fn produce(cluster: &Cluster, config: &Config, records: &[ReviewRecord]) {
-    let producer = cluster.producer();
-    for record in records {
-        producer.review(config, record);
-        producer.flush();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The id of the item the task page shows.
-async fn shown_id(browser: &Browser) -> String {
-    browser
-        .find("#answer-form input[name=id]")
-        .await
-        .attr("value")
-        .await
-        .unwrap()
-        .expect("the form carries the item's id")
-}
 
 async fn checked_label(browser: &Browser) -> Value {
     browser
@@ -104,7 +77,7 @@ async fn a_reviewer_signs_in_answers_with_the_keyboard_and_the_joiner_writes_the
     browser.press_and_wait(ENTER).await; // "Start reviewing"
     assert_eq!(browser.path().await, "/task");
     assert_eq!(
-        shown_id(&browser).await,
+        browser.shown_id().await,
         "ticket-4411",
         "the oldest item first"
     );
@@ -128,10 +101,9 @@ async fn a_reviewer_signs_in_answers_with_the_keyboard_and_the_joiner_writes_the
     tokio::time::sleep(Duration::from_millis(600)).await; // reading takes a moment
     browser.press('2').await;
     assert_eq!(checked_label(&browser).await, "billing");
-    browser.press_and_wait(ENTER).await;
-    assert_eq!(browser.path().await, "/task?saved=1");
+    browser.press_and_expect_saved(ENTER).await;
     assert!(browser.text(".flash.ok").await.contains("Answer saved"));
-    assert_eq!(shown_id(&browser).await, "ticket-4412");
+    assert_eq!(browser.shown_id().await, "ticket-4412");
 
     let mut retraining = Reader::new(&config.kafka.brokers, &config.kafka.retraining_topic);
     assert!(
@@ -153,12 +125,9 @@ async fn a_reviewer_signs_in_answers_with_the_keyboard_and_the_joiner_writes_the
 
 #[tokio::test]
 async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let limit = Duration::from_secs(8);
     config.console.task_time_limit = limit;
     config.join.reviewers_per_item = 2;
@@ -177,19 +146,19 @@ async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
 
     browser.sign_in(&console.url, "alice", None).await;
     browser.goto(&task).await;
-    assert_eq!(shown_id(&browser).await, "x");
+    assert_eq!(browser.shown_id().await, "x");
     browser.press('1').await;
     browser.press_and_wait(ENTER).await;
-    assert_eq!(shown_id(&browser).await, "y", "alice never gets x again");
+    assert_eq!(browser.shown_id().await, "y", "alice never gets x again");
     browser.sign_out().await;
 
     // x needs a second reviewer: bob gets it.
     browser.sign_in(&console.url, "bob", None).await;
     browser.goto(&task).await;
-    assert_eq!(shown_id(&browser).await, "x");
+    assert_eq!(browser.shown_id().await, "x");
     browser.press('1').await;
     browser.press_and_wait(ENTER).await;
-    assert_eq!(shown_id(&browser).await, "y");
+    assert_eq!(browser.shown_id().await, "y");
     let bob_leased_y = Instant::now();
     browser.sign_out().await;
 
@@ -197,15 +166,15 @@ async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
     // skipping it, until their leases run out; then y is hers.
     browser.sign_in(&console.url, "carol", None).await;
     browser.goto(&task).await;
-    assert_eq!(shown_id(&browser).await, "z");
+    assert_eq!(browser.shown_id().await, "z");
     browser.press_and_wait('s').await;
     assert_eq!(browser.path().await, "/task?skipped=1");
-    assert_eq!(shown_id(&browser).await, "z", "nothing else is free yet");
+    assert_eq!(browser.shown_id().await, "z", "nothing else is free yet");
     let expiry = limit + Duration::from_millis(300);
     tokio::time::sleep(expiry.saturating_sub(bob_leased_y.elapsed())).await;
     browser.press_and_wait('s').await;
     assert_eq!(
-        shown_id(&browser).await,
+        browser.shown_id().await,
         "y",
         "expired leases hand y to carol"
     );
@@ -227,7 +196,7 @@ async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
     let mut seen = Vec::new();
     browser.goto(&format!("{}/task", console.url)).await;
     while browser.has("#answer-form").await {
-        let id = shown_id(&browser).await;
+        let id = browser.shown_id().await;
         if seen.contains(&id) {
             break;
         }
@@ -247,12 +216,9 @@ async fn two_reviewers_per_item_expired_leases_and_a_restarted_console() {
 
 #[tokio::test]
 async fn a_script_in_the_input_or_the_models_answer_renders_as_text_and_runs_nothing() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let attack = "<script>window.pwned = 1; document.title = 'pwned'</script>\
                   <img src=x onerror=\"window.pwned = 2\"> \
                   <a href=\"javascript:window.pwned = 3\">click me</a>";
@@ -265,24 +231,13 @@ async fn a_script_in_the_input_or_the_models_answer_renders_as_text_and_runs_not
     record.model.target_model = Some("\"><script>window.pwned = 6</script>".into());
     record.conditions = vec!["</dd><script>window.pwned = 7</script>".into()];
     produce(&cluster, &config, &[record]);
-    let console = TestConsole::start(&config).await;
-
-    browser.sign_in(&console.url, "reviewer", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(&config, &browser, "reviewer").await;
     browser.find("#answer-form").await;
 
-    assert_eq!(
-        browser.execute("return typeof window.pwned").await,
-        "undefined"
-    );
+    browser.assert_no_script_ran().await;
     assert_eq!(
         browser.execute("return document.title").await,
         "Review · reviewloop"
-    );
-    assert_eq!(
-        browser.execute("return document.scripts.length").await,
-        1,
-        "only the console's own script"
     );
     assert_eq!(
         browser
@@ -320,16 +275,11 @@ async fn a_script_in_the_input_or_the_models_answer_renders_as_text_and_runs_not
 
     // The reviewer picks the odd label; it is published exactly as the model wrote it.
     browser.press('1').await;
-    browser.press_and_wait(ENTER).await;
-    assert_eq!(browser.path().await, "/task?saved=1");
-    let answers = kafka_support::consume(
-        &config.kafka.brokers,
-        &config.kafka.completed_topic,
-        1,
-        Duration::from_secs(10),
+    browser.press_and_expect_saved(ENTER).await;
+    assert_eq!(
+        completed(&config, 1)[0]["answer"],
+        json!({"label": evil_label})
     );
-    let answer: Value = serde_json::from_slice(answers[0].payload().unwrap()).unwrap();
-    assert_eq!(answer["answer"], json!({"label": evil_label}));
     assert_eq!(
         browser.execute("return typeof window.pwned").await,
         "undefined"

@@ -13,17 +13,14 @@ use std::io::{Read, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine;
-use console_support::browser::{self, Browser};
+use console_support::browser::Browser;
 use console_support::*;
-use join_support::{Cluster, Reader};
 use reviewloop::config::Config;
-use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
-use reviewloop::record::{
-    ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
-};
+use reviewloop::console::TemplateKind;
+use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
 
 /// The colour the console draws a detection's box in (console.css).
@@ -31,56 +28,23 @@ const BOX_COLOUR: [u8; 3] = [0xff, 0x00, 0xc8];
 /// The test image's colour.
 const IMAGE_COLOUR: [u8; 3] = [200, 220, 240];
 
-fn record(id: &str, content_type: &str, request: &[u8], response: &Value) -> ReviewRecord {
-    ReviewRecord {
-        id: id.to_owned(),
-        time: rfc3339_millis(SystemTime::now()),
-        route: "/invocations".into(),
-        request: Payload::from_bytes(Some(content_type), request),
-        response: ResponsePayload {
-            status: 200,
-            payload: Payload::from_bytes(Some("application/json"), response.to_string().as_bytes()),
-        },
-        confidence: Some(0.55),
-        reasons: vec![Reason::LowConfidence],
-        sample_percent: 1.0,
-        conditions: Vec::new(),
-        model: ModelInfo::default(),
-        truncated: false,
-        traceparent: None,
-        redaction: None,
-    }
-}
-
-fn produce(cluster: &Cluster, config: &Config, records: &[ReviewRecord]) {
-    let producer = cluster.producer();
-    for record in records {
-        producer.review(config, record);
-        producer.flush();
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// A review record of an image, a document or a sound, the model 55 % sure.
+fn item(id: &str, content_type: &str, request: &[u8], response: &Value) -> ReviewRecord {
+    record(
+        id,
+        (content_type, request),
+        response.to_string().as_bytes(),
+        0.55,
+    )
 }
 
 fn with_template(config: &mut Config, template: TemplateKind, instructions: &str) {
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "/invocations".into(),
-        RouteSettings {
-            template: Some(template),
-            instructions: Some(instructions.into()),
-            ..RouteSettings::default()
-        },
-    );
+    add_route(config, "/invocations", instructions).template = Some(template);
 }
 
 /// The single completed record the console published.
 fn completed_answer(config: &Config) -> Value {
-    let mut completed = Reader::new(&config.kafka.brokers, &config.kafka.completed_topic);
-    assert!(
-        completed.read_until(Duration::from_secs(20), |r| !r.is_empty()),
-        "the console publishes the answer"
-    );
-    completed.records[0].clone()
+    completed(config, 1).remove(0)
 }
 
 // --- Images: a PNG encoder for test pictures, a decoder for screenshots. -------------------
@@ -240,20 +204,6 @@ async fn rect(browser: &Browser, css: &str) -> (f64, f64, f64, f64) {
     (n(0), n(1), n(2), n(3))
 }
 
-async fn wait_until(browser: &Browser, condition: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if browser.execute(&format!("return !!({condition})")).await == true {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never true: {condition}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn rekognition_labels() -> Value {
     json!({"Labels": [
         {"Name": "Dog", "Confidence": 91.2, "Instances": [
@@ -266,29 +216,22 @@ fn rekognition_labels() -> Value {
 
 #[tokio::test]
 async fn two_detection_boxes_are_drawn_in_place_and_a_rejected_one_is_in_the_answer() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(
         &mut config,
         TemplateKind::Boxes,
         "Is each box around the animal it names? Mark a wrong box Wrong.",
     );
     let image = png(400, 300, |_, _| IMAGE_COLOUR);
-    let photo = record("photo-1", "image/png", &image, &rekognition_labels());
+    let photo = item("photo-1", "image/png", &image, &rekognition_labels());
     produce(&cluster, &config, &[photo]);
-    let console = TestConsole::start(&config).await;
-
-    browser.sign_in(&console.url, "alice", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(&config, &browser, "alice").await;
     browser.find("#input-image").await;
-    wait_until(
-        &browser,
-        "document.querySelector('#input-image').naturalWidth === 400",
-    )
-    .await;
+    browser
+        .wait_until("document.querySelector('#input-image').naturalWidth === 400")
+        .await;
     assert_eq!(
         browser
             .execute("return document.querySelectorAll('svg.overlay rect').length")
@@ -359,8 +302,7 @@ async fn two_detection_boxes_are_drawn_in_place_and_a_rejected_one_is_in_the_ans
         "the rejected box is drawn struck out"
     );
     browser.screenshot("console-boxes.png").await;
-    browser.find("#send").await.click().await.unwrap();
-    browser.wait_path("/task?saved=1").await;
+    browser.send().await;
 
     let completed = completed_answer(&config);
     assert_eq!(completed["id"], "photo-1");
@@ -422,11 +364,9 @@ fn textract(fields: &[(&str, &str, f64, (f64, f64))]) -> Value {
 
 #[tokio::test]
 async fn a_textract_page_lists_its_pairs_with_the_low_confidence_one_highlighted() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(
         &mut config,
         TemplateKind::Document,
@@ -443,7 +383,7 @@ async fn a_textract_page_lists_its_pairs_with_the_low_confidence_one_highlighted
         .collect();
     let page = base64::engine::general_purpose::STANDARD.encode(form_page(&ink));
     let request = json!({"Document": {"Bytes": page}, "FeatureTypes": ["FORMS"]});
-    let scan = record(
+    let scan = item(
         "claim-77",
         "application/x-amz-json-1.1",
         request.to_string().as_bytes(),
@@ -452,16 +392,11 @@ async fn a_textract_page_lists_its_pairs_with_the_low_confidence_one_highlighted
     // Textract's content type is JSON by another name: the record carries it as text, which
     // the console reads as JSON all the same.
     produce(&cluster, &config, &[scan]);
-    let console = TestConsole::start(&config).await;
-
-    browser.sign_in(&console.url, "alice", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(&config, &browser, "alice").await;
     browser.find("#input-image").await;
-    wait_until(
-        &browser,
-        "document.querySelector('#input-image').naturalWidth === 600",
-    )
-    .await;
+    browser
+        .wait_until("document.querySelector('#input-image').naturalWidth === 600")
+        .await;
     let keys: Vec<String> = serde_json::from_value(
         browser
             .execute("return [...document.querySelectorAll('.pair .key')].map(k => k.textContent)")
@@ -513,8 +448,7 @@ async fn a_textract_page_lists_its_pairs_with_the_low_confidence_one_highlighted
     value.clear().await.unwrap();
     value.send_keys("PX-1042").await.unwrap();
     browser.screenshot("console-document.png").await;
-    browser.find("#send").await.click().await.unwrap();
-    browser.wait_path("/task?saved=1").await;
+    browser.send().await;
 
     let answer = &completed_answer(&config)["answer"];
     assert_eq!(answer["corrected"], 1);
@@ -556,34 +490,24 @@ fn wav() -> Vec<u8> {
 
 #[tokio::test]
 async fn an_audio_input_plays_in_the_page_and_its_transcript_is_editable() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "/invocations".into(),
-        RouteSettings {
-            instructions: Some("Listen, then correct the transcript word for word.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "/invocations",
+        "Listen, then correct the transcript word for word.",
     );
     let transcribe = json!({"jobName": "call-7", "results": {
         "transcripts": [{"transcript": "Hello, I'd like to change my delivery address."}],
         "items": []}});
-    let call = record("call-7", "audio/wav", &wav(), &transcribe);
+    let call = item("call-7", "audio/wav", &wav(), &transcribe);
     produce(&cluster, &config, &[call]);
-    let console = TestConsole::start(&config).await;
-
-    browser.sign_in(&console.url, "alice", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(&config, &browser, "alice").await;
     browser.find("audio#input-audio[controls]").await;
-    wait_until(
-        &browser,
-        "document.querySelector('#input-audio').readyState >= 1",
-    )
-    .await;
+    browser
+        .wait_until("document.querySelector('#input-audio').readyState >= 1")
+        .await;
     let duration = browser
         .execute("return document.querySelector('#input-audio').duration")
         .await
@@ -620,8 +544,7 @@ async fn an_audio_input_plays_in_the_page_and_its_transcript_is_editable() {
         .await
         .unwrap();
     browser.screenshot("console-audio.png").await;
-    browser.find("#send").await.click().await.unwrap();
-    browser.wait_path("/task?saved=1").await;
+    browser.send().await;
     assert_eq!(
         completed_answer(&config)["answer"],
         json!({"text": "Hello, I'd like to change my billing address."})
@@ -648,11 +571,9 @@ fn phone_home() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(&mut config, TemplateKind::Boxes, "");
     let (port, calls) = phone_home();
     let script = format!(
@@ -664,21 +585,21 @@ async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
          onload=\"{script}\"><script>{script}</script><rect width=\"100\" height=\"100\"/></svg>"
     );
     let labels = rekognition_labels();
-    let mut records = vec![record("svg-body", "image/svg+xml", svg.as_bytes(), &labels)];
+    let mut records = vec![item("svg-body", "image/svg+xml", svg.as_bytes(), &labels)];
     // The same SVG declared a PNG, and in a JSON field as a data URI.
-    records.push(record("svg-as-png", "image/png", svg.as_bytes(), &labels));
+    records.push(item("svg-as-png", "image/png", svg.as_bytes(), &labels));
     let data_uri = format!(
         "data:image/svg+xml;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&svg)
     );
     let json_body = json!({"Image": {"Bytes": data_uri}});
-    records.push(record(
+    records.push(item(
         "svg-in-json",
         "application/json",
         json_body.to_string().as_bytes(),
         &labels,
     ));
-    records.push(record(
+    records.push(item(
         "png",
         "image/png",
         &png(40, 30, |_, _| IMAGE_COLOUR),
@@ -690,16 +611,7 @@ async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
 
     for id in ["svg-body", "svg-as-png", "svg-in-json"] {
         browser.goto(&format!("{}/task", console.url)).await;
-        assert_eq!(
-            browser
-                .find("#answer-form input[name=id]")
-                .await
-                .attr("value")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some(id)
-        );
+        assert_eq!(browser.shown_id().await, id);
         let note = browser.text(".media-note").await;
         assert!(
             note.contains("is SVG, which can carry script: it is not shown"),
@@ -760,11 +672,9 @@ async fn an_svg_with_a_script_is_never_shown_and_media_is_served_inert() {
     );
     // Shown on the task page all the same (the attachment disposition only stops navigation).
     browser.goto(&format!("{}/task", console.url)).await;
-    wait_until(
-        &browser,
-        "document.querySelector('#input-image')?.naturalWidth === 40",
-    )
-    .await;
+    browser
+        .wait_until("document.querySelector('#input-image')?.naturalWidth === 40")
+        .await;
 
     browser.quit().await;
     console.stop().await.unwrap();
@@ -796,11 +706,9 @@ fn image_server(image: Vec<u8>) -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn an_image_url_is_loaded_only_from_an_allowed_origin() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
     with_template(&mut config, TemplateKind::Boxes, "");
     let image = png(40, 30, |_, _| IMAGE_COLOUR);
     let (allowed, allowed_calls) = image_server(image.clone());
@@ -809,35 +717,21 @@ async fn an_image_url_is_loaded_only_from_an_allowed_origin() {
     let labels = rekognition_labels();
     let by_url = |id: &str, origin: &str| {
         let body = json!({"url": format!("{origin}/photos/cat.png"), "threshold": 0.5});
-        record(id, "application/json", body.to_string().as_bytes(), &labels)
+        item(id, "application/json", body.to_string().as_bytes(), &labels)
     };
     produce(
         &cluster,
         &config,
         &[by_url("allowed", &allowed), by_url("elsewhere", &elsewhere)],
     );
-    let console = TestConsole::start(&config).await;
-    browser.sign_in(&console.url, "alice", None).await;
-
-    browser.goto(&format!("{}/task", console.url)).await;
-    wait_until(
-        &browser,
-        "document.querySelector('#input-image')?.naturalWidth === 40",
-    )
-    .await;
+    let console = review_as(&config, &browser, "alice").await;
+    browser
+        .wait_until("document.querySelector('#input-image')?.naturalWidth === 40")
+        .await;
     assert!(allowed_calls.load(Ordering::SeqCst) >= 1);
     browser.find("#skip").await.click().await.unwrap();
     browser.wait_path("/task?skipped=1").await;
-    assert_eq!(
-        browser
-            .find("#answer-form input[name=id]")
-            .await
-            .attr("value")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("elsewhere")
-    );
+    assert_eq!(browser.shown_id().await, "elsewhere");
     let note = browser.text(".media-note").await;
     assert!(
         note.contains(&format!("{elsewhere}/photos/cat.png")) && note.contains("does not load it"),

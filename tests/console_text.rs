@@ -9,47 +9,28 @@
 mod console_support;
 mod join_support;
 
-use std::time::{Duration, Instant};
-
-use console_support::browser::{self, Browser};
+use console_support::browser::{Browser, ENTER};
 use console_support::*;
-use fantoccini::actions::{InputSource, KeyAction, KeyActions};
-use join_support::Cluster;
-use join_support::kafka_support;
-use rdkafka::message::Message;
 use reviewloop::config::Config;
-use reviewloop::console::{AuthMode, RouteSettings, TemplateKind};
-use reviewloop::record::{Payload, ReviewRecord};
+use reviewloop::console::{RouteSettings, TemplateKind};
+use reviewloop::record::ReviewRecord;
 use serde_json::{Value, json};
-
-/// WebDriver's codes for the Enter and Control keys.
-const ENTER: char = '\u{e007}';
-const CONTROL: char = '\u{e009}';
 
 /// A review record of `route` with these bodies (a low-confidence item like the proxy writes).
 fn item(id: &str, route: &str, request: (&str, &str), response: &str) -> ReviewRecord {
-    let mut record = ticket(id, "", &TEAMS);
+    let mut record = record(
+        id,
+        (request.0, request.1.as_bytes()),
+        response.as_bytes(),
+        0.41,
+    );
     record.route = route.into();
-    record.request = Payload::from_bytes(Some(request.0), request.1.as_bytes());
-    record.response.payload = Payload::from_bytes(Some("application/json"), response.as_bytes());
-    record.confidence = Some(0.41);
     record
-}
-
-fn produce(cluster: &Cluster, config: &Config, records: &[ReviewRecord]) {
-    let producer = cluster.producer();
-    for record in records {
-        producer.review(config, record);
-        producer.flush();
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A console with `auth = "none"` (loopback), signed in as `reviewer`, on the task page.
 async fn review(config: &Config, browser: &Browser) -> TestConsole {
-    let console = TestConsole::start(config).await;
-    browser.sign_in(&console.url, "reviewer", None).await;
-    browser.goto(&format!("{}/task", console.url)).await;
+    let console = review_as(config, browser, "reviewer").await;
     browser.find("#answer-form").await;
     console
 }
@@ -57,58 +38,19 @@ async fn review(config: &Config, browser: &Browser) -> TestConsole {
 /// Submits the answer form with the keyboard (Enter, away from any field).
 async fn submit(browser: &Browser) {
     browser.execute("document.activeElement.blur()").await;
-    browser.press_and_wait(ENTER).await;
-    assert_eq!(
-        browser.path().await,
-        "/task?saved=1",
-        "{}",
-        browser.text("body").await
-    );
-}
-
-/// Ctrl+Enter in the focused field (submits from a text field), waiting for the next page.
-async fn ctrl_enter(browser: &Browser) {
-    browser.execute("window.textualOldPage = true").await;
-    let actions = KeyActions::new("keyboard".into())
-        .then(KeyAction::Down { value: CONTROL })
-        .then(KeyAction::Down { value: ENTER })
-        .then(KeyAction::Up { value: ENTER })
-        .then(KeyAction::Up { value: CONTROL });
-    browser.client.perform_actions(actions).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while browser
-        .execute("return window.textualOldPage === true || document.readyState !== 'complete'")
-        .await
-        == true
-    {
-        assert!(Instant::now() < deadline, "Ctrl+Enter did not submit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.press_and_expect_saved(ENTER).await;
 }
 
 /// The answers published on the completed topic.
 fn answers(config: &Config, count: usize) -> Vec<Value> {
-    kafka_support::consume(
-        &config.kafka.brokers,
-        &config.kafka.completed_topic,
-        count,
-        Duration::from_secs(10),
-    )
-    .iter()
-    .map(|m| serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap()["answer"].clone())
-    .collect()
+    completed(config, count)
+        .into_iter()
+        .map(|record| record["answer"].clone())
+        .collect()
 }
 
 async fn nothing_ran(browser: &Browser) {
-    assert_eq!(
-        browser.execute("return typeof window.pwned").await,
-        "undefined"
-    );
-    assert_eq!(
-        browser.execute("return document.scripts.length").await,
-        1,
-        "only the console's own script"
-    );
+    browser.assert_no_script_ran().await;
     assert_eq!(
         browser
             .execute("return document.querySelectorAll('img, b, i').length")
@@ -120,26 +62,19 @@ async fn nothing_ran(browser: &Browser) {
 
 #[tokio::test]
 async fn entity_spans_are_relabelled_and_removed_and_the_answer_carries_them() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "entities".into(),
-        RouteSettings {
-            instructions: Some(
-                "Check each name the model found: fix its type or remove it.".into(),
-            ),
-            labels: Some(vec![
-                "PERSON".into(),
-                "ORGANIZATION".into(),
-                "LOCATION".into(),
-            ]),
-            ..RouteSettings::default()
-        },
-    );
+    add_route(
+        &mut config,
+        "entities",
+        "Check each name the model found: fix its type or remove it.",
+    )
+    .labels = Some(vec![
+        "PERSON".into(),
+        "ORGANIZATION".into(),
+        "LOCATION".into(),
+    ]);
     let text = "Dr. Zoë Adeyemi of Northwind Traders flew from Lagos to Zürich on Monday \
                 <img src=x onerror=\"window.pwned=1\"> to meet <b>Acme</b> 😀 people.";
     let chars = |needle: &str| {
@@ -252,18 +187,13 @@ async fn entity_spans_are_relabelled_and_removed_and_the_answer_carries_them() {
 
 #[tokio::test]
 async fn a_translation_is_corrected_beside_its_source() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "translate".into(),
-        RouteSettings {
-            instructions: Some("Correct the translation; keep the register of the source.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "translate",
+        "Correct the translation; keep the register of the source.",
     );
     let request = json!({
         "Text": "Your parcel will arrive on Tuesday. If nobody is home, the courier leaves it \
@@ -329,7 +259,7 @@ async fn a_translation_is_corrected_beside_its_source() {
         .await
         .unwrap();
     // Ctrl+Enter in the output (outside the answer form's element, part of it) submits.
-    ctrl_enter(&browser).await;
+    browser.ctrl_press_and_wait(ENTER).await;
     assert_eq!(browser.path().await, "/task?saved=1");
     assert_eq!(
         answers(&config, 1)[0],
@@ -368,12 +298,9 @@ fn pairs(rows: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
     let mut churn = RouteSettings {
         instructions: Some("Will this customer leave within 90 days?".into()),
         labels: Some(vec!["stays".into(), "leaves".into()]),
@@ -428,12 +355,7 @@ async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
     browser.screenshot("console-tabular.png").await;
 
     browser.press_and_wait('s').await;
-    assert_eq!(
-        browser
-            .execute("return document.querySelector('#answer-form input[name=id]').value")
-            .await,
-        "json-1"
-    );
+    assert_eq!(browser.shown_id().await, "json-1");
     assert_eq!(
         table(&browser).await,
         pairs(&[
@@ -452,27 +374,18 @@ async fn a_csv_row_and_a_json_object_show_as_feature_value_tables() {
 
 #[tokio::test]
 async fn the_text_and_json_templates_pages() {
-    let Some(browser) = browser::launch().await else {
+    let Some((browser, cluster, mut config)) = browser_on_mock().await else {
         return;
     };
-    let cluster = Cluster::mock();
-    let mut config = cluster.config();
-    config.console.auth = AuthMode::None;
-    config.console.routes.insert(
-        "chat".into(),
-        RouteSettings {
-            instructions: Some(
-                "Correct the assistant's answer; keep it short and friendly.".into(),
-            ),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "chat",
+        "Correct the assistant's answer; keep it short and friendly.",
     );
-    config.console.routes.insert(
-        "invoices".into(),
-        RouteSettings {
-            instructions: Some("Check the fields read from the invoice against its text.".into()),
-            ..RouteSettings::default()
-        },
+    add_route(
+        &mut config,
+        "invoices",
+        "Check the fields read from the invoice against its text.",
     );
     let chat_request = json!({"model": "support-bot", "messages": [
         {"role": "system", "content": "You answer customers of a parcel service."},

@@ -356,32 +356,30 @@ fn check_labels(
             ),
         );
     }
-    let mut seen = std::collections::HashSet::new();
-    for label in labels {
-        if label.trim().is_empty() || label.chars().count() > MAX_NAME_CHARS {
-            bad(
-                key.clone(),
-                quoted(label),
-                format!("labels are 1-{MAX_NAME_CHARS} characters"),
-            );
-        } else if !seen.insert(label.as_str()) {
-            bad(key.clone(), quoted(label), "labels must be unique".into());
-        }
-    }
+    check_names(&key, labels, "labels", bad);
 }
 
 fn check_features(prefix: &str, features: &[String], bad: &mut impl FnMut(String, String, String)) {
-    let key = format!("{prefix}features");
+    check_names(&format!("{prefix}features"), features, "feature names", bad);
+}
+
+/// Each of `names` (labels, feature names: `what`) is 1-MAX_NAME_CHARS characters and unique.
+fn check_names(
+    key: &str,
+    names: &[String],
+    what: &str,
+    bad: &mut impl FnMut(String, String, String),
+) {
     let mut seen = std::collections::HashSet::new();
-    for name in features {
+    for name in names {
         if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
             bad(
-                key.clone(),
+                key.to_owned(),
                 quoted(name),
-                format!("feature names are 1-{MAX_NAME_CHARS} characters"),
+                format!("{what} are 1-{MAX_NAME_CHARS} characters"),
             );
         } else if !seen.insert(name.as_str()) {
-            bad(key.clone(), quoted(name), "feature names must be unique".into());
+            bad(key.to_owned(), quoted(name), format!("{what} must be unique"));
         }
     }
 }

@@ -494,31 +494,13 @@ fn refusal(status: StatusCode, text: &'static str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::templates::tests::record_of;
 
     const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\x90\0\0\x01\x2c\x08\x02\0\0\0";
 
+    /// A record of this request and the model's JSON answer.
     fn record(request: Payload, response: Value) -> ReviewRecord {
-        ReviewRecord {
-            id: "r".into(),
-            time: String::new(),
-            route: "/invocations".into(),
-            request,
-            response: crate::record::ResponsePayload {
-                status: 200,
-                payload: Payload::from_bytes(
-                    Some("application/json"),
-                    response.to_string().as_bytes(),
-                ),
-            },
-            confidence: None,
-            reasons: vec![],
-            sample_percent: 1.0,
-            conditions: vec![],
-            model: Default::default(),
-            truncated: false,
-            traceparent: None,
-            redaction: None,
-        }
+        record_of(request, &response.to_string())
     }
 
     fn b64(bytes: &[u8]) -> String {

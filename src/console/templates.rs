@@ -38,6 +38,13 @@ impl Form {
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     }
+
+    /// The reviewer's text from the `text` field, with `\n` line breaks.
+    pub fn text(&self) -> Result<String, String> {
+        let text = self.get("text").ok_or("The form has no text field.")?;
+        // Browsers submit a textarea's line breaks as CRLF.
+        Ok(text.replace("\r\n", "\n"))
+    }
 }
 
 /// One item as a template sees it.
@@ -92,6 +99,14 @@ pub trait Template: Sync {
     /// The keyboard hints shown under the controls.
     fn keys(&self) -> &'static [(&'static str, &'static str)];
 }
+
+/// The keyboard hints of a template answered in a text area (console.js: Ctrl+Enter submits
+/// from it, Esc leaves it).
+const TEXT_AREA_KEYS: &[(&str, &str)] = &[
+    ("Ctrl+Enter", "submit"),
+    ("Esc", "leave the text"),
+    ("S", "skip"),
+];
 
 /// A request without media as the reviewer reads it: a row of features as a table (the whole
 /// request below it), else its text fields.
@@ -161,16 +176,26 @@ pub fn payload_view(payload: &Payload, what: &str) -> Markup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::record::{Reason, ResponsePayload};
 
+    /// A low-confidence record of `/invocations`: a JSON `request` and the model's JSON
+    /// `response`.
     pub(super) fn record(request: &str, response: &str) -> ReviewRecord {
+        record_of(
+            Payload::from_bytes(Some("application/json"), request.as_bytes()),
+            response,
+        )
+    }
+
+    /// The same with any request body (an image, a sound).
+    pub(in crate::console) fn record_of(request: Payload, response: &str) -> ReviewRecord {
         ReviewRecord {
             id: "r-1".into(),
             time: "2026-01-01T00:00:00.000Z".into(),
             route: "/invocations".into(),
-            request: Payload::from_bytes(Some("application/json"), request.as_bytes()),
+            request,
             response: ResponsePayload {
                 status: 200,
                 payload: Payload::from_bytes(Some("application/json"), response.as_bytes()),

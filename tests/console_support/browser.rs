@@ -39,6 +39,10 @@ pub struct Browser {
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
+/// WebDriver's codes for the Enter and Control keys.
+pub const ENTER: char = '\u{e007}';
+pub const CONTROL: char = '\u{e009}';
+
 static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -129,13 +133,86 @@ impl Browser {
 
     /// Presses and releases one key on whatever has the focus, as a person would.
     pub async fn press(&self, key: char) {
-        let actions = KeyActions::new("keyboard".into())
+        self.press_holding(&[], key).await;
+    }
+
+    /// Presses and releases `key` while the `held` keys are down (Control, Shift).
+    async fn press_holding(&self, held: &[char], key: char) {
+        let mut actions = KeyActions::new("keyboard".into());
+        for &value in held {
+            actions = actions.then(KeyAction::Down { value });
+        }
+        actions = actions
             .then(KeyAction::Down { value: key })
             .then(KeyAction::Up { value: key });
+        for &value in held.iter().rev() {
+            actions = actions.then(KeyAction::Up { value });
+        }
         self.client
             .perform_actions(actions)
             .await
             .expect("key press");
+    }
+
+    /// Presses `key` with Control held (Ctrl+Enter submits from a text field) and waits for
+    /// the page it leads to.
+    pub async fn ctrl_press_and_wait(&self, key: char) {
+        self.mark_page().await;
+        self.press_holding(&[CONTROL], key).await;
+        self.wait_new_page().await;
+    }
+
+    /// Presses `key` (Enter: the answer form's submit) and asserts the answer was saved.
+    pub async fn press_and_expect_saved(&self, key: char) {
+        self.press_and_wait(key).await;
+        assert_eq!(
+            self.path().await,
+            "/task?saved=1",
+            "{}",
+            self.text("body").await
+        );
+    }
+
+    /// Sends the answer form with its Send button and waits for the next task.
+    pub async fn send(&self) {
+        self.find("#send").await.click().await.unwrap();
+        self.wait_path("/task?saved=1").await;
+    }
+
+    /// The id of the item the task page shows.
+    pub async fn shown_id(&self) -> String {
+        self.find("#answer-form input[name=id]")
+            .await
+            .attr("value")
+            .await
+            .unwrap()
+            .expect("the form carries the item's id")
+    }
+
+    /// Asserts that no script of a record ran: `window.pwned` is unset and the console's own
+    /// script is the page's only one.
+    pub async fn assert_no_script_ran(&self) {
+        assert_eq!(
+            self.execute("return typeof window.pwned").await,
+            "undefined"
+        );
+        assert_eq!(
+            self.execute("return document.scripts.length").await,
+            1,
+            "only the console's own script"
+        );
+    }
+
+    /// Waits up to 10 s until the JavaScript expression `condition` is true.
+    pub async fn wait_until(&self, condition: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.execute(&format!("return !!({condition})")).await == true {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never true: {condition}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The element matching `css`, waiting up to 10 s for it to appear.

@@ -10,14 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::join_support::{Cluster, kafka_support};
+use browser::Browser;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rdkafka::message::Message;
 use reviewloop::config::Config;
-use reviewloop::console::{self, ConsoleError};
+use reviewloop::console::{self, AuthMode, ConsoleError, RouteSettings};
 use reviewloop::metrics::Metrics;
 use reviewloop::record::{
     ModelInfo, Payload, Reason, ResponsePayload, ReviewRecord, rfc3339_millis,
@@ -110,17 +113,25 @@ pub fn ticket(id: &str, text: &str, labels: &[(&str, f64)]) -> ReviewRecord {
         .map(|(label, score)| serde_json::json!({"label": label, "score": score}))
         .collect();
     let confidence = labels.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+    record(
+        id,
+        ("application/json", request.to_string().as_bytes()),
+        serde_json::Value::Array(response).to_string().as_bytes(),
+        confidence,
+    )
+}
+
+/// A low-confidence review record of `/invocations` like the proxy writes: the `request` body
+/// with its content type, the model's JSON `response` and its `confidence`.
+pub fn record(id: &str, request: (&str, &[u8]), response: &[u8], confidence: f64) -> ReviewRecord {
     ReviewRecord {
         id: id.to_owned(),
         time: rfc3339_millis(SystemTime::now()),
         route: "/invocations".into(),
-        request: Payload::from_bytes(Some("application/json"), request.to_string().as_bytes()),
+        request: Payload::from_bytes(Some(request.0), request.1),
         response: ResponsePayload {
             status: 200,
-            payload: Payload::from_bytes(
-                Some("application/json"),
-                serde_json::Value::Array(response).to_string().as_bytes(),
-            ),
+            payload: Payload::from_bytes(Some("application/json"), response),
         },
         confidence: Some(confidence),
         reasons: vec![Reason::LowConfidence],
@@ -131,6 +142,67 @@ pub fn ticket(id: &str, text: &str, labels: &[(&str, f64)]) -> ReviewRecord {
         traceparent: None,
         redaction: None,
     }
+}
+
+/// Produces `records` a few milliseconds apart, so that "oldest first" is their order.
+pub fn produce(cluster: &Cluster, config: &Config, records: &[ReviewRecord]) {
+    let producer = cluster.producer();
+    for record in records {
+        producer.review(config, record);
+        producer.flush();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The first `count` records the console published on the completed topic (id, reviewer,
+/// answer, …), oldest first.
+pub fn completed(config: &Config, count: usize) -> Vec<serde_json::Value> {
+    let records: Vec<serde_json::Value> = kafka_support::consume(
+        &config.kafka.brokers,
+        &config.kafka.completed_topic,
+        count,
+        Duration::from_secs(20),
+    )
+    .iter()
+    .map(|m| serde_json::from_slice(m.payload().expect("a payload")).expect("JSON"))
+    .collect();
+    assert!(
+        records.len() >= count,
+        "the console publishes {count} answers, not {}",
+        records.len()
+    );
+    records
+}
+
+/// A browser, the mock cluster and its config with `auth = "none"` (reviewers sign in by
+/// name), or `None` where this machine runs no browser test (see [`browser::launch`]).
+pub async fn browser_on_mock() -> Option<(Browser, Cluster, Config)> {
+    let browser = browser::launch().await?;
+    let cluster = Cluster::mock();
+    let mut config = cluster.config();
+    config.console.auth = AuthMode::None;
+    Some((browser, cluster, config))
+}
+
+/// Adds `route` to the console's routes with these instructions; returns its settings for the
+/// test to add to.
+pub fn add_route<'a>(
+    config: &'a mut Config,
+    route: &str,
+    instructions: &str,
+) -> &'a mut RouteSettings {
+    let settings = config.console.routes.entry(route.to_owned()).or_default();
+    settings.instructions = Some(instructions.to_owned());
+    settings
+}
+
+/// Starts a console for `config` (`auth = "none"`), signs `reviewer` in through the browser
+/// and opens the task page.
+pub async fn review_as(config: &Config, browser: &Browser, reviewer: &str) -> TestConsole {
+    let console = TestConsole::start(config).await;
+    browser.sign_in(&console.url, reviewer, None).await;
+    browser.goto(&format!("{}/task", console.url)).await;
+    console
 }
 
 /// The four teams of the demo's ticket router, the model unsure between them.

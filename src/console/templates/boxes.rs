@@ -224,6 +224,23 @@ fn percent(confidence: Option<f64>) -> String {
     confidence.map_or(String::new(), |c| format!("{:.0} %", c * 100.0))
 }
 
+/// The request's image (of `size` pixels) with `areas` drawn over it, below a note when the
+/// request holds none (`what`: "image", "page image").
+pub fn image_with_areas<'a>(
+    task: &Task<'_>,
+    size: Option<(u32, u32)>,
+    areas: impl Iterator<Item = (String, Area, String, &'a str)>,
+    what: &str,
+) -> Markup {
+    let overlay = overlay(size, areas);
+    html! {
+        @if media::find(&task.record.request).is_none() {
+            p.media-note.flash.warn { "The request holds no " (what) " this console can show." }
+        }
+        (media::input_view(task, Some(overlay)))
+    }
+}
+
 /// The `<svg>` drawn over an image of `size` pixels: one labelled rectangle per area, each a
 /// group with its id (the list beside the image points at it) and classes.
 pub fn overlay<'a>(
@@ -262,13 +279,7 @@ impl Template for Boxes {
             let caption = format!("{} {} {}", i + 1, d.label, percent(d.confidence));
             Some((format!("area-{}", i + 1), d.area?, caption, "detection"))
         });
-        let overlay = overlay(size, areas);
-        html! {
-            @if media::find(&task.record.request).is_none() {
-                p.media-note.flash.warn { "The request holds no image this console can show." }
-            }
-            (media::input_view(task, Some(overlay)))
-        }
+        image_with_areas(task, size, areas, "image")
     }
 
     fn model_answer(&self, task: &Task<'_>) -> Markup {
@@ -345,6 +356,25 @@ mod tests {
             {"BoundingBox":{"Left":0.1,"Top":0.2,"Width":0.3,"Height":0.4},"Confidence":91.0},
             {"BoundingBox":{"Left":0.6,"Top":0.1,"Width":0.2,"Height":0.2},"Confidence":55.0}]},
         {"Name":"Grass","Confidence":80.0,"Instances":[]}]}"#;
+
+    #[test]
+    fn a_request_without_an_image_says_so_and_the_document_names_a_page() {
+        let r = record(r#"{"inputs":"a dog"}"#, REKOGNITION);
+        let boxes = Boxes
+            .input(&Task::new(&r, route(TemplateKind::Boxes, &[])))
+            .into_string();
+        assert!(
+            boxes.contains("The request holds no image this console can show."),
+            "{boxes}"
+        );
+        let page = super::super::template(TemplateKind::Document)
+            .input(&Task::new(&r, route(TemplateKind::Document, &[])))
+            .into_string();
+        assert!(
+            page.contains("The request holds no page image this console can show."),
+            "{page}"
+        );
+    }
 
     #[test]
     fn rekognition_instances_are_boxes_and_labels_without_instances_are_listed() {

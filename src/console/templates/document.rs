@@ -4,15 +4,12 @@
 //! Answers `{"pairs": [{"key", "value", "model_value", "confidence", "corrected"}],
 //! "corrected": n}`.
 
-use std::collections::HashMap;
-
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
-use super::boxes::{Area, overlay};
+use super::boxes::{Area, image_with_areas};
 use super::{Form, Task, Template};
-use crate::console::media;
-use crate::console::prediction;
+use crate::console::prediction::{self, TextractBlocks};
 
 pub struct Document;
 
@@ -32,27 +29,12 @@ pub struct Pair {
 
 /// The KEY_VALUE_SET pairs of a Textract answer (`Blocks`), in the order of their keys.
 pub fn pairs(response: &Value) -> Vec<Pair> {
-    let Some(blocks) = response.get("Blocks").and_then(Value::as_array) else {
+    let Some(blocks) = TextractBlocks::of(response) else {
         return Vec::new();
     };
-    let by_id: HashMap<&str, &Value> = blocks
-        .iter()
-        .filter_map(|b| Some((b.get("Id")?.as_str()?, b)))
-        .collect();
-    let related = |block: &Value, kind: &str| -> Vec<&Value> {
-        block
-            .get("Relationships")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|r| r.get("Type").and_then(Value::as_str) == Some(kind))
-            .filter_map(|r| r.get("Ids").and_then(Value::as_array))
-            .flatten()
-            .filter_map(|id| by_id.get(id.as_str()?).copied())
-            .collect()
-    };
     let text = |block: &Value| -> String {
-        related(block, "CHILD")
+        blocks
+            .related(block, "CHILD")
             .iter()
             .filter_map(|child| {
                 match child.get("BlockType").and_then(Value::as_str)? {
@@ -73,18 +55,10 @@ pub fn pairs(response: &Value) -> Vec<Pair> {
             .pointer("/Geometry/BoundingBox")
             .and_then(Area::from_bounding_box)
     };
-    let is_key = |block: &&Value| {
-        block.get("BlockType").and_then(Value::as_str) == Some("KEY_VALUE_SET")
-            && block
-                .get("EntityTypes")
-                .and_then(Value::as_array)
-                .is_some_and(|types| types.iter().any(|t| t == "KEY"))
-    };
     blocks
-        .iter()
-        .filter(is_key)
+        .keys()
         .map(|key| {
-            let value = related(key, "VALUE").into_iter().next();
+            let value = blocks.related(key, "VALUE").into_iter().next();
             let confidences = [Some(key), value]
                 .into_iter()
                 .flatten()
@@ -122,13 +96,7 @@ impl Template for Document {
             let class = if is_low(pair, task) { "value low" } else { "value" };
             Some((format!("area-{}", i + 1), pair.value_area?, (i + 1).to_string(), class))
         });
-        let overlay = overlay(size, keys.chain(values));
-        html! {
-            @if media::find(&task.record.request).is_none() {
-                p.media-note.flash.warn { "The request holds no page image this console can show." }
-            }
-            (media::input_view(task, Some(overlay)))
-        }
+        image_with_areas(task, size, keys.chain(values), "page image")
     }
 
     fn model_answer(&self, task: &Task<'_>) -> Markup {

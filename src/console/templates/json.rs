@@ -4,7 +4,7 @@
 use maud::{Markup, html};
 use serde_json::Value;
 
-use super::{Form, Task, Template};
+use super::{Form, TEXT_AREA_KEYS, Task, Template};
 use crate::console::prediction;
 
 pub struct Json;
@@ -42,11 +42,7 @@ impl Template for Json {
     }
 
     fn keys(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("Ctrl+Enter", "submit"),
-            ("Esc", "leave the text"),
-            ("S", "skip"),
-        ]
+        TEXT_AREA_KEYS
     }
 }
 

@@ -4,7 +4,7 @@
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
-use super::{Form, Task, Template};
+use super::{Form, TEXT_AREA_KEYS, Task, Template};
 use crate::console::prediction;
 
 pub struct Text;
@@ -31,17 +31,11 @@ impl Template for Text {
     }
 
     fn answer(&self, _task: &Task<'_>, form: &Form) -> Result<Value, String> {
-        let text = form.get("text").ok_or("The form has no text field.")?;
-        // Browsers submit a textarea's line breaks as CRLF.
-        Ok(json!({ "text": text.replace("\r\n", "\n") }))
+        Ok(json!({ "text": form.text()? }))
     }
 
     fn keys(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("Ctrl+Enter", "submit"),
-            ("Esc", "leave the text"),
-            ("S", "skip"),
-        ]
+        TEXT_AREA_KEYS
     }
 }
 

@@ -13,7 +13,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 
 use super::entities::source_text;
-use super::{Form, Task, Template, payload_view};
+use super::{Form, TEXT_AREA_KEYS, Task, Template, payload_view};
 use crate::prediction;
 use crate::record::Payload;
 
@@ -112,9 +112,7 @@ impl Template for Translation {
     }
 
     fn answer(&self, task: &Task<'_>, form: &Form) -> Result<Value, String> {
-        let text = form.get("text").ok_or("The form has no text field.")?;
-        // Browsers submit a textarea's line breaks as CRLF.
-        let text = text.replace("\r\n", "\n");
+        let text = form.text()?;
         if text.trim().is_empty() {
             return Err("The corrected output is empty.".into());
         }
@@ -131,11 +129,7 @@ impl Template for Translation {
     }
 
     fn keys(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("Ctrl+Enter", "submit"),
-            ("Esc", "leave the text"),
-            ("S", "skip"),
-        ]
+        TEXT_AREA_KEYS
     }
 }
 
