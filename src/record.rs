@@ -553,6 +553,29 @@ pub fn rfc3339_millis(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// A review record of `request` and `response` (id `r1`, low confidence 0.42) for unit tests.
+#[cfg(test)]
+pub(crate) fn test_record(request: Payload, response: Payload) -> ReviewRecord {
+    ReviewRecord {
+        id: "r1".into(),
+        time: rfc3339_millis(SystemTime::UNIX_EPOCH),
+        route: "/invocations".into(),
+        request,
+        response: ResponsePayload {
+            status: 200,
+            payload: response,
+        },
+        confidence: Some(0.42),
+        reasons: vec![Reason::LowConfidence],
+        sample_percent: 1.0,
+        conditions: vec![],
+        model: ModelInfo::default(),
+        truncated: false,
+        traceparent: None,
+        redaction: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,26 +674,7 @@ mod tests {
         assert!(value.get("model").is_none());
     }
 
-    fn record(request: Payload, response: Payload) -> ReviewRecord {
-        ReviewRecord {
-            id: "r1".into(),
-            time: rfc3339_millis(SystemTime::UNIX_EPOCH),
-            route: "/invocations".into(),
-            request,
-            response: ResponsePayload {
-                status: 200,
-                payload: response,
-            },
-            confidence: Some(0.42),
-            reasons: vec![Reason::LowConfidence],
-            sample_percent: 1.0,
-            conditions: vec![],
-            model: ModelInfo::default(),
-            truncated: false,
-            traceparent: None,
-            redaction: None,
-        }
-    }
+    use super::test_record as record;
 
     /// A body of `n` bytes of one kind: JSON, text full of characters JSON escapes, multi-byte
     /// text, or binary.

@@ -1,15 +1,11 @@
 use std::io::Write;
-use std::time::SystemTime;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::apply::{MASKED, UNSETTLED};
 use super::*;
-use crate::record::{
-    DropReason, DroppedScope, Encoding, ModelInfo, Payload, Reason, ResponsePayload,
-    rfc3339_millis,
-};
+use crate::record::{DropReason, DroppedScope, Encoding, Payload};
 
 const KEY: &[u8] = b"0123456789abcdef-test-key";
 
@@ -26,26 +22,7 @@ fn redactor(toml_text: &str, key: &tempfile::NamedTempFile) -> Redactor {
     Redactor::new(&config).unwrap()
 }
 
-fn record(request: Payload, response: Payload) -> ReviewRecord {
-    ReviewRecord {
-        id: "r1".into(),
-        time: rfc3339_millis(SystemTime::UNIX_EPOCH),
-        route: "/invocations".into(),
-        request,
-        response: ResponsePayload {
-            status: 200,
-            payload: response,
-        },
-        confidence: Some(0.42),
-        reasons: vec![Reason::LowConfidence],
-        sample_percent: 1.0,
-        conditions: vec![],
-        model: ModelInfo::default(),
-        truncated: false,
-        redaction: None,
-        traceparent: None,
-    }
-}
+use crate::record::test_record as record;
 
 fn json_payload(value: Value) -> Payload {
     Payload {
