@@ -59,6 +59,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Whether closing a connection for this reason is worth a warning; `sent_nothing`: the
+    /// client never sent a byte. Such a connection reaching the head deadline is a browser's
+    /// preconnect or a client pool's spare, normal traffic: counted, not warned about.
+    fn warned(self, sent_nothing: bool) -> bool {
+        !(sent_nothing && self == CloseReason::HeaderTimeout)
+    }
+
     pub const ALL: [CloseReason; 7] = [
         CloseReason::OverLimit,
         CloseReason::HeaderTimeout,
@@ -246,13 +253,24 @@ impl Connections {
     }
 
     fn closed(&self, reason: CloseReason) {
+        self.count(reason);
+        self.log.note(reason);
+    }
+
+    /// A connection closed at the head deadline without having sent a byte: a browser's
+    /// preconnect or a client pool's spare, normal traffic, so counted but not warned about.
+    fn closed_silent(&self, peer: SocketAddr) {
+        self.count(CloseReason::HeaderTimeout);
+        debug!(%peer, "closing a client connection that sent nothing");
+    }
+
+    fn count(&self, reason: CloseReason) {
         if let Some(metrics) = &self.metrics {
             metrics
                 .proxy_connections_closed_total
                 .with_label_values(&[reason.as_str()])
                 .inc();
         }
-        self.log.note(reason);
     }
 
     /// When and why the connection is to be closed if nothing changes before then.
@@ -319,14 +337,19 @@ impl Admitted {
                 }
                 () = changed => {}
                 () = expired => {
-                    let now = self
-                        .connections
-                        .deadline(&watch.state.lock().expect("not poisoned"));
+                    let (now, silent) = {
+                        let state = watch.state.lock().expect("not poisoned");
+                        (self.connections.deadline(&state), state.protocol == Protocol::Unknown)
+                    };
                     if let Some((at, reason)) = now
                         && at <= Instant::now()
                     {
-                        debug!(peer = %self.peer, reason = reason.as_str(), "closing a client connection");
-                        self.connections.closed(reason);
+                        if !reason.warned(silent) {
+                            self.connections.closed_silent(self.peer);
+                        } else {
+                            debug!(peer = %self.peer, reason = reason.as_str(), "closing a client connection");
+                            self.connections.closed(reason);
+                        }
                         return;
                     }
                 }
@@ -656,6 +679,17 @@ mod tests {
         assert!(error.is::<BodyStalled>(), "{error}");
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(stalls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_connection_that_never_sent_a_byte_is_counted_but_not_warned_about() {
+        assert!(!CloseReason::HeaderTimeout.warned(true), "a preconnect");
+        assert!(CloseReason::HeaderTimeout.warned(false), "a partial head");
+        for reason in CloseReason::ALL {
+            if reason != CloseReason::HeaderTimeout {
+                assert!(reason.warned(true) && reason.warned(false), "{reason:?}");
+            }
+        }
     }
 
     #[test]
