@@ -85,6 +85,7 @@ fn benches(c: &mut Criterion, key: &Path) {
         sample_percent: 1.0,
         over_budget: false,
         threshold: None,
+        response_is_json: false,
     };
     let mut group = c.benchmark_group("record-1KB");
     for (i, (name, redact)) in CASES.into_iter().enumerate() {

@@ -81,6 +81,10 @@ pub struct Decision {
     /// `confidence_below`, the `target_rate` quantile and the budget's), when the route keeps
     /// a sketch (`target_rate`, `budget_per_second` or `sample_strata` set).
     pub threshold: Option<f64>,
+    /// Reading the confidence parsed the whole response body as one JSON document, by the
+    /// rules `serde_json::from_slice::<Value>` applies (the typed reader, or a
+    /// [`Document::Json`]): the review record embeds it without checking it a second time.
+    pub response_is_json: bool,
 }
 
 impl Decision {
@@ -294,6 +298,8 @@ impl Policy {
                 (self.extractor.read(&doc), Some(doc))
             }
         };
+        // The typed reader answers only for a body it parsed whole.
+        let response_is_json = doc.as_ref().map_or(quick.is_some(), |d| d.json().is_some());
         let mut decision = Decision {
             confidence,
             reasons: Vec::new(),
@@ -301,6 +307,7 @@ impl Policy {
             sample_percent: self.sample_percent(),
             over_budget: false,
             threshold: None,
+            response_is_json,
         };
         // Every response counts in the sketch, whatever is decided for it.
         let label = by_label

@@ -164,8 +164,19 @@ impl Serialize for BodyRef<'_> {
 impl<'a> PayloadRef<'a> {
     /// The same choice of encoding as [`Payload::from_bytes`], without copying the body.
     pub fn from_bytes(content_type: Option<&'a str>, bytes: &'a [u8]) -> PayloadRef<'a> {
+        PayloadRef::from_parsed_bytes(content_type, bytes, false)
+    }
+
+    /// As [`PayloadRef::from_bytes`]; `is_json` says `bytes` were already parsed whole as one
+    /// JSON document by `Value`'s rules (the decision read the response's confidence from
+    /// them), so they are not checked again. `false` checks them.
+    pub fn from_parsed_bytes(
+        content_type: Option<&'a str>,
+        bytes: &'a [u8],
+        is_json: bool,
+    ) -> PayloadRef<'a> {
         let json = content_type.is_some_and(is_json_content_type)
-            && serde_json::from_slice::<JsonChecked>(bytes).is_ok();
+            && (is_json || serde_json::from_slice::<JsonChecked>(bytes).is_ok());
         let body = match json.then(|| serde_json::from_slice(bytes).ok()).flatten() {
             Some(raw) => {
                 return PayloadRef {

@@ -117,15 +117,19 @@ pub fn review_record(exchange: &Exchange, decision: &Decision) -> ReviewRecord {
 /// were captured instead of parsed into `Value`s and written again (for routes that do not
 /// redact; redaction needs the tree).
 pub fn review_record_ref<'a>(exchange: &'a Exchange, decision: &'a Decision) -> ReviewRecordRef<'a> {
-    let payload = |captured: &'a Captured| {
-        PayloadRef::from_bytes(captured.content_type.as_deref(), &captured.body)
+    let payload = |captured: &'a Captured, is_json: bool| {
+        PayloadRef::from_parsed_bytes(captured.content_type.as_deref(), &captured.body, is_json)
     };
     ReviewRecordRef {
         id: &exchange.id,
         time: rfc3339_millis(exchange.received_at),
         route: exchange.route.label(),
-        request: payload(&exchange.request),
-        response: ResponsePayloadRef::new(exchange.status, payload(&exchange.response)),
+        request: payload(&exchange.request, false),
+        response: ResponsePayloadRef::new(
+            exchange.status,
+            // The decision parsed the response already (the same bytes).
+            payload(&exchange.response, decision.response_is_json),
+        ),
         confidence: decision.confidence,
         reasons: &decision.reasons,
         sample_percent: decision.sample_percent,
@@ -240,6 +244,18 @@ mod tests {
         }
     }
 
+    /// The decision of the exchange's own route.
+    fn decided(exchange: &Exchange) -> Decision {
+        let input = DecisionInput {
+            id: &exchange.id,
+            request_body: &exchange.request.body,
+            response_content_type: exchange.response.content_type.as_deref(),
+            response_body: &exchange.response.body,
+            force: None,
+        };
+        exchange.route.policy().decide(&input, Instant::now())
+    }
+
     #[test]
     fn the_borrowed_record_is_the_record_field_for_field() {
         let decision = Decision {
@@ -249,6 +265,7 @@ mod tests {
             sample_percent: 1.0,
             over_budget: false,
             threshold: None,
+            response_is_json: false,
         };
         for (request, response) in [
             (&br#"{"inputs": "I love it"}"#[..], &br#"[[{"label":"joy","score":0.42}]]"#[..]),
@@ -256,12 +273,19 @@ mod tests {
             (b"{\"cut\": [1", b"1e400"),
         ] {
             let exchange = exchange(request, response);
-            let by_value = serde_json::to_value(review_record(&exchange, &decision)).unwrap();
-            let text = serde_json::to_vec(&review_record_ref(&exchange, &decision)).unwrap();
-            let by_ref: Value = serde_json::from_slice(&text).unwrap();
-            assert_eq!(by_ref, by_value);
-            let record: ReviewRecord = serde_json::from_slice(&text).unwrap();
-            assert_eq!(record.id, exchange.id);
+            // A fixed decision, and the route's own (which may have parsed the response).
+            let decided = decided(&exchange);
+            for decision in [&decision, &decided] {
+                let by_value = serde_json::to_value(review_record(&exchange, decision)).unwrap();
+                let text = serde_json::to_vec(&review_record_ref(&exchange, decision)).unwrap();
+                let by_ref: Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(by_ref, by_value);
+                let record: ReviewRecord = serde_json::from_slice(&text).unwrap();
+                assert_eq!(record.id, exchange.id);
+            }
         }
+        // The route's decision on the first pair parsed its response (the typed reader).
+        let first = exchange(br#"{"inputs": "I love it"}"#, br#"[[{"label":"joy","score":0.42}]]"#);
+        assert!(decided(&first).response_is_json);
     }
 }

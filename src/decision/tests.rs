@@ -405,3 +405,72 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_decision_says_whether_it_parsed_the_response_as_json() {
+    let d = decider("[review]\nconfidence_below = 0.7\nsample_percent = 0\n");
+    let now = Instant::now();
+    let is_json = |content_type: Option<&'static str>, body: &'static str| {
+        let input = DecisionInput {
+            response_content_type: content_type,
+            ..input("a", body)
+        };
+        d.decide(&input, now).response_is_json
+    };
+    let json = Some("application/json");
+    // The typed reader (Hugging Face) and the generic tree both parse the whole body.
+    assert!(is_json(json, r#" [{"label": "joy", "score": 0.4}] "#));
+    assert!(is_json(json, LOW));
+    assert!(is_json(json, NONE));
+    // Not one JSON document: cut short, several lines, text, CSV, an event stream.
+    assert!(!is_json(json, r#"[{"label": "joy", "score": 0.4}"#));
+    assert!(!is_json(json, "{\"a\": 1}\n{\"a\": 2}\n"));
+    assert!(!is_json(Some("text/plain"), "the model says 0.4"));
+    assert!(!is_json(json, ""));
+    assert!(!is_json(Some("text/csv"), "0.4\n"));
+    assert!(!is_json(Some("text/event-stream"), "data: {\"token\": 1}\n\n"));
+    assert!(!is_json(json, "1e400"));
+}
+
+proptest! {
+    /// Whatever body the typed reader or the tree accepts, `Value` accepts too: the review
+    /// record embeds a body the decision parsed without checking it again, so a body that
+    /// `Value` refuses must never be called JSON (out-of-range numbers, lone surrogates,
+    /// duplicate or unknown keys, trailing garbage).
+    #[test]
+    fn a_body_called_json_is_json_by_values_rules(
+        tokens in proptest::collection::vec(proptest::sample::select(vec![
+            "[", "]", "{", "}", ",", ":", " ", "\"label\"", "\"score\"", "\"other\"", "\"joy\"",
+            "\"\\ud800\"", "\"caf\\u00e9\"", "0.42", "1", "-0", "1e400", "1E-400",
+            "12345678901234567890123", "null", "true", "x",
+        ]), 0..28),
+    ) {
+        let d = decider("[review]\nconfidence_below = 0.7\nsample_percent = 0\n");
+        let body = tokens.concat();
+        let decision = d.decide(&input("a", &body), Instant::now());
+        if decision.response_is_json {
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok(), "{}", body);
+        }
+    }
+
+    /// The same for bodies shaped as Hugging Face answers, the typed reader's own input.
+    #[test]
+    fn a_label_score_list_called_json_is_json_by_values_rules(
+        label in proptest::sample::select(vec![
+            "\"joy\"", "\"\\ud800\"", "\"\\ud83d\\ude00\"", "\"a\\\"b\"", "1", "null", "\"\\x\"",
+        ]),
+        score in proptest::sample::select(vec![
+            "0.42", "1", "-0", "1e400", "-1e400", "1E-400", "12345678901234567890123", "\"0.4\"",
+        ]),
+        extra in proptest::sample::select(vec!["", ", \"label\": \"x\"", ", \"other\": 1", " x"]),
+        batch in proptest::bool::ANY,
+    ) {
+        let d = decider("[review]\nconfidence_below = 0.7\nsample_percent = 0\n");
+        let one = format!("[{{\"label\": {label}, \"score\": {score}{extra}}}]");
+        let body = if batch { format!("[{one}]") } else { one };
+        let decision = d.decide(&input("a", &body), Instant::now());
+        if decision.response_is_json {
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok(), "{}", body);
+        }
+    }
+}
