@@ -163,6 +163,7 @@ impl Serialize for BodyRef<'_> {
 
 impl<'a> PayloadRef<'a> {
     /// The same choice of encoding as [`Payload::from_bytes`], without copying the body.
+    #[cfg(test)]
     pub fn from_bytes(content_type: Option<&'a str>, bytes: &'a [u8]) -> PayloadRef<'a> {
         PayloadRef::from_parsed_bytes(content_type, bytes, false)
     }
